@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what biossl needs on a fresh machine: the Fashion-MNIST Debian package and the
+# package itself with torch pinned to the local CPU wheel (an unpinned torch pulls CUDA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${BIOSSL_DATA:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "warning: could not install dataset-fashion-mnist; set BIOSSL_DATA to a folder with the IDX files" >&2
+  else
+    echo "note: install Fashion-MNIST with 'sudo apt-get install dataset-fashion-mnist' or set BIOSSL_DATA" >&2
+  fi
+fi
+if ! python -c "import biossl, torch, pytest" 2>/dev/null; then
+  python -m pip install -q "torch==2.13.0" 2>/dev/null || python -m pip install -q "torch<=2.13.0"
+  python -m pip install -q -e '.[dev]'
+fi

@@ -1,0 +1,75 @@
+"""Assemble one run from a config: dataset spec, view recipe, encoder, objective, rule.
+
+This is the only place where the axes meet, and it meets them through registries
+only; it checks the one real coupling (an objective consumes the ViewBatch kind the
+recipe produces) and says how to fix a mismatch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from biossl.config import ConfigError, RunConfig
+from biossl.registry import DATASETS, ENCODERS, OBJECTIVES, RULES, VIEWS, load_all
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+    return dev
+
+
+@dataclass
+class Assembly:
+    cfg: RunConfig
+    spec: object
+    recipe: object
+    rule: object
+    device: torch.device
+    stage_shapes: list
+
+    @property
+    def encoder(self):
+        return self.rule.encoder
+
+
+def build_encoder(cfg: RunConfig, spec, device: torch.device):
+    """The encoder exactly as a run with ``cfg`` initialises it (seeded)."""
+    torch.manual_seed(cfg.train.seed)
+    enc = ENCODERS.build(cfg.encoder.name, cfg.encoder.params, spec.image_shape[0]).to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        enc = enc.to(memory_format=torch.channels_last)
+    return enc
+
+
+def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
+    load_all()
+    device = device or resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    spec = DATASETS.get(cfg.data.name).factory
+    recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
+    obj_cls = OBJECTIVES.get(cfg.objective.name).factory
+    want = getattr(obj_cls, "views_kind", "pairs")
+    accepts = getattr(obj_cls, "accepts_kinds", (want,))
+    if recipe.kind not in accepts:
+        fitting = [n for n in VIEWS.names() if getattr(VIEWS.get(n).factory, "kind", None) in accepts]
+        raise ConfigError(
+            f"objective {cfg.objective.name!r} consumes {'/'.join(accepts)} batches but view recipe "
+            f"{cfg.views.name!r} makes {recipe.kind!r} batches; set views.name to one of: {', '.join(fitting)}")
+    encoder = build_encoder(cfg, spec, device)
+    shapes = encoder.out_shapes(recipe.sample_shape(tuple(spec.image_shape)))
+
+    def make_objective(i: int):
+        return OBJECTIVES.build(cfg.objective.name, cfg.objective.params, shapes[i]).to(device)
+
+    rule = RULES.build(cfg.rule.name, cfg.rule.params, encoder, make_objective, cfg.train)
+    rule.to(device)
+    if cfg.train.compile:
+        for stage in encoder.stages:
+            stage.compile()
+    return Assembly(cfg, spec, recipe, rule, device, shapes)

@@ -1,0 +1,198 @@
+"""Training-step benchmark: step time, images/s, peak memory and the views' share of a step,
+for several configs measured in one process, each relative to the first (e2e-bp).
+
+Peak memory: on CUDA ``max_memory_allocated`` above the memory held before the steps; on
+the CPU the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
+above the resident set before the steps. Cells are timed in interleaved rounds and the
+median round is kept, so a noisy neighbour hurts every cell alike.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from biossl.assemble import assemble
+from biossl.config import RunConfig, apply_overrides, build_config, load_raw
+
+BASE = "fmnist-bp-hinge"
+# (label, overrides of the base recipe); cells whose rule is not registered are skipped.
+DEFAULT_CELLS = [
+    ("e2e-bp", []),
+    ("e2e-rf", ["rule.name=rf"]),
+    ("e2e-urf", ["rule.name=urf"]),
+    ("e2e-sign", ["rule.name=sign"]),
+    ("gll", ["rule.name=gll"]),
+    ("rll", ["rule.name=rll"]),
+    ("dtp", ["rule.name=dtp"]),
+]
+
+
+def _proc_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak(device: torch.device) -> int:
+    """Reset the peak counter; returns the current baseline in bytes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _proc_kb("VmRSS") * 1024
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_kb("VmHWM") * 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batch(asm, batch_size: int) -> torch.Tensor:
+    """Real images when the dataset is available, random uint8 of the right shape otherwise."""
+    try:
+        from biossl.data import load_dataset
+        data = load_dataset(asm.cfg.data.name, asm.spec.ssl_split, root=asm.cfg.data.root, download=False)
+        x = data.images[:batch_size]
+    except Exception:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (batch_size, *asm.spec.image_shape), generator=g, dtype=torch.uint8)
+    return x.to(asm.device)
+
+
+class _Cell:
+    def __init__(self, label: str, cfg: RunConfig):
+        self.label, self.cfg = label, cfg
+        self.asm = assemble(cfg)
+        self.x = _batch(self.asm, cfg.train.batch_size)
+        self.gen = torch.Generator(device=self.asm.device).manual_seed(0)
+        self.step_times: list[float] = []
+        self.view_times: list[float] = []
+        self.peak_bytes = 0
+
+    def views(self, n: int) -> float:
+        dev = self.asm.device
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(n):
+            self.asm.recipe(self.x, self.gen)
+        _sync(dev)
+        return (time.perf_counter() - t) / n
+
+    def steps(self, n: int) -> float:
+        dev = self.asm.device
+        cast = (torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.train.precision == "bf16"
+                else torch.autocast(dev.type, enabled=False))
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(n):
+            batch = self.asm.recipe(self.x, self.gen)
+            with cast:
+                self.asm.rule.step(batch)
+        _sync(dev)
+        return (time.perf_counter() - t) / n
+
+    def measure_peak(self, n: int) -> None:
+        gc.collect()
+        base = _reset_peak(self.asm.device)
+        self.steps(n)
+        self.peak_bytes = max(0, _peak(self.asm.device) - base)
+
+
+def bench_configs(cells: list[tuple[str, RunConfig]], steps: int = 20, warmup: int = 3,
+                  rounds: int = 3, progress: bool = True) -> list[dict]:
+    """Measure every (label, config) in this process; the first cell is the reference."""
+    built = []
+    for label, cfg in cells:
+        c = _Cell(label, cfg)
+        c.steps(warmup)  # allocator warm-up, lazy init
+        c.measure_peak(max(2, steps // 4))
+        built.append(c)
+        if progress:
+            print(f"  built {label}: peak {c.peak_bytes / 2**20:.0f} MiB", flush=True)
+    per_round = max(1, steps // rounds)
+    for r in range(rounds):
+        for c in built:
+            c.step_times.append(c.steps(per_round))
+            c.view_times.append(c.views(per_round))
+        if progress:
+            print(f"  round {r + 1}/{rounds} done", flush=True)
+    out = []
+    for c in built:
+        st = statistics.median(c.step_times)
+        vt = statistics.median(c.view_times)
+        out.append({"label": c.label, "rule": c.cfg.rule.name, "objective": c.cfg.objective.name,
+                    "encoder": c.cfg.encoder.name, "views": c.cfg.views.name,
+                    "batch_size": c.cfg.train.batch_size, "device": str(c.asm.device),
+                    "step_ms": st * 1e3, "images_per_s": c.cfg.train.batch_size / st,
+                    "views_images_per_s": c.cfg.train.batch_size / vt, "views_share": vt / st,
+                    "peak_mib": c.peak_bytes / 2**20})
+    ref = out[0]
+    for r in out:
+        r["step_time_vs_ref"] = r["step_ms"] / ref["step_ms"]
+        r["images_per_s_vs_ref"] = r["images_per_s"] / ref["images_per_s"]
+        r["peak_mem_vs_ref"] = r["peak_mib"] / ref["peak_mib"] if ref["peak_mib"] > 0 else float("nan")
+    return out
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def format_bench(rows: list[dict]) -> str:
+    lines = ["| cell | rule | objective | step ms | images/s | ×e2e-bp img/s | peak MiB | ×e2e-bp mem | views share |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['rule']} | {r['objective']} | {r['step_ms']:.1f} | "
+                     f"{r['images_per_s']:.0f} | {r['images_per_s_vs_ref']:.2f} | {r['peak_mib']:.0f} | "
+                     f"{r['peak_mem_vs_ref']:.2f} | {100 * r['views_share']:.1f} % |")
+    return "\n".join(lines)
+
+
+def default_cells(overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
+    from biossl.registry import RULES, load_all
+    load_all()
+    raw = load_raw(BASE)
+    cells = []
+    for label, ov in DEFAULT_CELLS:
+        rule = next((o.split("=", 1)[1] for o in ov if o.startswith("rule.name=")), "bp")
+        if rule in RULES:
+            cells.append((label, build_config(apply_overrides(raw, ov + list(overrides)))))
+    return cells
+
+
+def main(args) -> int:
+    from biossl.config import load_config
+    if args.configs:
+        cells = [(Path(c).stem, load_config(c, args.overrides)) for c in args.configs]
+    else:
+        cells = default_cells(args.overrides)
+    print(f"benchmarking {len(cells)} cells, {args.steps} steps each, reference {cells[0][0]}")
+    rows = bench_configs(cells, steps=args.steps, warmup=args.warmup)
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(format_bench(rows))
+    print(f"\nmachine: {result['machine']}\nwritten: {args.out}")
+    return 0

@@ -1,0 +1,139 @@
+"""Command line: ``biossl list | train | eval | bench | compare``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from biossl.config import ConfigError
+
+EPILOG = """examples:
+  biossl list
+  biossl train fmnist-bp-hinge train.epochs=1 --out runs/demo
+  biossl train --resume runs/demo
+  biossl eval runs/demo
+  biossl bench
+  biossl compare fmnist-quick
+"""
+
+
+def _cmd_list(args) -> int:
+    from biossl.registry import AXES, SUITES, load_all
+    load_all()
+    try:
+        import biossl.suites  # noqa: F401  (registers suites)
+    except ImportError:
+        pass
+    for axis, reg in list(AXES.items()) + [("suite", SUITES)]:
+        print(f"{axis}s:")
+        for e in reg.entries():
+            keys = ""
+            if e.config is not None:
+                import dataclasses
+                keys = " [" + ", ".join(f.name for f in dataclasses.fields(e.config)) + "]"
+            print(f"  {e.name:<16} {e.summary}{keys}")
+    return 0
+
+
+def _default_out(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _cmd_train(args) -> int:
+    from biossl.config import load_config
+    from biossl.train import train
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume RUN_DIR takes the run's own config; drop CONFIG and overrides")
+        summary = train(None, args.resume, resume=True)
+        run_dir = args.resume
+    else:
+        if not args.config:
+            raise ConfigError("give a CONFIG (a YAML path or a recipe name from configs/), or --resume RUN_DIR")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = args.out or _default_out(cfg.name)
+        summary = train(cfg, run_dir)
+    print(json.dumps(summary))
+    if args.eval:
+        return _eval(run_dir, [])
+    return 0
+
+
+def _eval(run_dir, overrides) -> int:
+    from biossl.evaluate import format_table
+    from biossl.run_eval import evaluate_run
+    rows = evaluate_run(run_dir, overrides)
+    print(format_table(rows))
+    print(f"\nwritten: {Path(run_dir) / 'probe.csv'}, probe.md, probe.png")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    return _eval(args.run_dir, args.overrides)
+
+
+def _cmd_bench(args) -> int:
+    from biossl.bench import main as bench_main
+    return bench_main(args)
+
+
+def _cmd_compare(args) -> int:
+    from biossl.compare import main as compare_main
+    return compare_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="biossl", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("list", help="registered datasets, views, encoders, objectives, rules, suites")
+    s.set_defaults(fn=_cmd_list)
+    s = sub.add_parser("train", help="self-supervised training of one config")
+    s.add_argument("config", nargs="?", help="YAML path or recipe name under configs/")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 rule.name=gll")
+    s.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    s.add_argument("--eval", action="store_true", help="run the probe table after training")
+    s.set_defaults(fn=_cmd_train)
+    s = sub.add_parser("eval", help="per-stage probe table of a run (and its random-init encoder)")
+    s.add_argument("run_dir")
+    s.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.dataset=cifar10")
+    s.set_defaults(fn=_cmd_eval)
+    s = sub.add_parser("bench", help="step time, images/s, peak memory per rule vs e2e-bp")
+    s.add_argument("configs", nargs="*", help="configs to bench (default: one per registered rule)")
+    s.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="key=value override applied to every config")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--out", default="bench.json", help="JSON output path")
+    s.set_defaults(fn=_cmd_bench)
+    s = sub.add_parser("compare", help="run a suite of configs and write the comparison table")
+    s.add_argument("suite", help="suite name (biossl list) or a suite YAML")
+    s.add_argument("--out", help="suite directory (default results/SUITE)")
+    s.add_argument("--seeds", type=int, nargs="*", help="override the suite's seeds")
+    s.set_defaults(fn=_cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from biossl.train import TrainingDiverged, TrainingInterrupted
+    try:
+        from biossl.data import DatasetError
+    except ImportError:  # pragma: no cover
+        DatasetError = RuntimeError
+    try:
+        return args.fn(args)
+    except TrainingInterrupted as e:
+        print(f"biossl: {e}", file=sys.stderr)
+        return 130
+    except (ConfigError, DatasetError, TrainingDiverged, FileNotFoundError, FileExistsError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"biossl: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""What a dataset source hands out (:class:`ImageSet`) and what every source declares
+(:class:`DatasetSpec`): its splits, which split each training phase reads, image shape
+and number of classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+class DatasetError(RuntimeError):
+    """Dataset files are missing, truncated, corrupt or fail their checksum.
+
+    The message names the file or directories concerned and how to fix it.
+    """
+
+
+@dataclass
+class ImageSet:
+    """One split of an image dataset, kept as uint8 so that it stays small.
+
+    images: uint8 (N, C, H, W). May be a read-only-backed memory map (STL-10
+        unlabeled) or a non-contiguous view; index it in batches (``images[idx]``)
+        rather than copying it whole.
+    labels: int64 (N,), class ids in [0, num_classes), −1 where unlabeled.
+    """
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    name: str
+    split: str
+
+    def __post_init__(self) -> None:
+        # Checked once here so that no consumer has to guess dtype or layout.
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"{self.name}/{self.split}: images must be uint8 (N, C, H, W), got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{self.name}/{self.split}: labels must be int64 ({self.images.shape[0]},), "
+                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def labeled(self) -> bool:
+        """True when every image carries a class label."""
+        return len(self) > 0 and bool((self.labels >= 0).all())
+
+
+class DatasetSpec:
+    """One dataset: its facts as class attributes plus :meth:`load`.
+
+    Registered in :data:`biossl.registry.DATASETS` with the class itself as factory,
+    so ``DATASETS.build(name)`` gives an instance whose ``load`` reads a split.
+    Subclasses implement :meth:`_load`; :meth:`load` checks the split name before
+    and the result's shape and labels after.
+    """
+
+    name: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    ssl_split: ClassVar[str] = "train"          # read by self-supervised training
+    probe_train_split: ClassVar[str] = "train"  # labelled split the probes are fit on
+    test_split: ClassVar[str] = "test"          # labelled split probes are scored on
+    image_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)  # (C, H, W)
+    num_classes: ClassVar[int] = 10
+
+    def load(self, split: str, root: str | Path | None = None, download: bool = True) -> ImageSet:
+        """Read ``split`` → :class:`ImageSet` with images (N, *image_shape) uint8.
+
+        root: a directory to look in first (see :mod:`biossl.data.locate` for the
+        rest of the search order). download: fetch missing files from the official
+        URL into the user cache; with False a missing file raises DatasetError.
+        """
+        if split not in self.splits:
+            raise ValueError(f"dataset {self.name!r} has no split {split!r}; "
+                             f"its splits are: {', '.join(self.splits)}")
+        out = self._load(split, Path(root).expanduser() if root is not None else None, download)
+        if out.image_shape != tuple(self.image_shape):
+            raise DatasetError(f"{self.name}/{split}: images have shape {out.image_shape}, "
+                               f"expected {tuple(self.image_shape)}; the files are not {self.name}")
+        if len(out) and (int(out.labels.min()) < -1 or int(out.labels.max()) >= self.num_classes):
+            raise DatasetError(f"{self.name}/{split}: labels outside [0, {self.num_classes}); "
+                               f"the label file is corrupt or belongs to another dataset")
+        return out
+
+    def _load(self, split: str, root: Path | None, download: bool) -> ImageSet:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, splits={self.splits})"

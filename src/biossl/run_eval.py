@@ -1,0 +1,58 @@
+"""Probe a finished (or partly trained) run: per-stage table for the trained encoder and
+the random-init encoder of the same seed, written as CSV, markdown and a PNG plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from biossl.assemble import assemble, build_encoder
+from biossl.checkpoint import load, write_text_atomic
+from biossl.config import apply_overrides, build_config
+from biossl.data import get_spec, load_dataset
+from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
+from biossl.train import CHECKPOINT, load_run_config
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
+                 trained: bool = True) -> list:
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if overrides:
+        cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
+    asm = assemble(cfg)
+    rows = []
+    dataset = cfg.eval.dataset or cfg.data.name
+    spec = get_spec(dataset)
+    train = load_dataset(dataset, spec.probe_train_split, root=cfg.data.root, download=cfg.data.download)
+    test = load_dataset(dataset, spec.test_split, root=cfg.data.root, download=cfg.data.download)
+    tr_x, tr_y = train.images, train.labels
+    te_x, te_y = test.images, test.labels
+    if cfg.eval.max_train:
+        tr_x, tr_y = tr_x[: cfg.eval.max_train], tr_y[: cfg.eval.max_train]
+    if cfg.eval.max_test:
+        te_x, te_y = te_x[: cfg.eval.max_test], te_y[: cfg.eval.max_test]
+    if tuple(spec.image_shape) != tuple(asm.spec.image_shape):
+        raise ValueError(f"cannot probe {dataset} {tuple(spec.image_shape)} with an encoder trained on "
+                         f"{cfg.data.name} {tuple(asm.spec.image_shape)}: image shapes differ")
+    encoders, budgets = [], {}
+    if trained:
+        state = load(run_dir / CHECKPOINT, map_location="cpu")
+        asm.rule.load_state_dict(state["rule"])
+        budget = state["global_step"] * cfg.train.batch_size
+        encoders.append((f"{cfg.rule.name}+{cfg.objective.name}", asm.rule.encoder, budget))
+    if cfg.eval.random_init or not trained:
+        encoders.append(("random-init", build_encoder(cfg, asm.spec, asm.device), 0))
+    for label, enc, seen in encoders:
+        rows += evaluate_encoder(enc, label, tr_x, tr_y, te_x, te_y, asm.recipe, cfg.eval,
+                                 spec.num_classes, asm.device, seed=cfg.train.seed,
+                                 progress=True if progress is None else progress)
+        budgets[label] = seen
+    out = run_dir / "probe"
+    write_csv(rows, out.with_suffix(".csv"))
+    table = format_table(rows)
+    budget = "; ".join(f"{k}: {v} images seen in SSL" for k, v in budgets.items())
+    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\nBudget — {budget}.\n\n{table}\n",
+                      out.with_suffix(".md"))
+    plot_rows(rows, out.with_suffix(".png"))
+    return rows

@@ -1,0 +1,36 @@
+"""View recipes: uint8 image batches → :class:`ViewBatch`, batched on the device."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from biossl.views.batch import Kind, ViewBatch
+
+
+def to_float(x: Tensor) -> Tensor:
+    """uint8 (N, C, H, W) in [0, 255] → float in [-1, 1] (the encoders' input range)."""
+    return x.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+class ViewRecipe:
+    """Makes training views and evaluation inputs from uint8 images on the device.
+
+    Subclasses set ``kind`` ('pairs' or 'grid') and implement :meth:`__call__`.
+    All randomness comes from the ``generator`` argument, so a run is reproducible
+    and resumable from the generator's saved state.
+    """
+
+    kind: ClassVar[Kind] = "pairs"
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> ViewBatch:  # pragma: no cover
+        raise NotImplementedError
+
+    def eval_batch(self, x: Tensor) -> ViewBatch:
+        """Deterministic input for evaluation: the whole image ('plain')."""
+        return ViewBatch(to_float(x), x.shape[0], "plain")
+
+    def sample_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape (C, H, W) of one encoder input row made from an image of ``image_shape``."""
+        return tuple(image_shape)
