@@ -1,0 +1,281 @@
+"""``biossl compare SUITE``: a suite of (rule × objective × encoder) cells under one budget,
+one set of seeds and the shared probe protocol, written as markdown, CSV and a plot.
+
+A suite is a YAML file under ``configs/suites/``::
+
+    name: fmnist-quick
+    seeds: [0]
+    common: [train.epochs=1, eval.max_train=10000]   # overrides for every cell
+    cells:
+      - {label: e2e-bp, config: fmnist-bp-hinge}
+      - {label: gll-urf, config: fmnist-bp-hinge, overrides: [rule.name=gll, rule.feedback=urf]}
+
+Each (cell, seed) trains into ``OUT/cells/LABEL-sSEED`` and records ``result.json`` there;
+a finished cell is read back, never re-run, and an interrupted one resumes from its
+checkpoint. The random-init encoder is probed once per distinct (encoder, views, seed).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from biossl.checkpoint import write_text_atomic
+from biossl.config import ConfigError, RunConfig, apply_overrides, build_config, coerce, from_dict, load_raw
+from biossl.registry import RULES
+from biossl.rules.base import CONDITIONS, plausibility
+
+
+@dataclass
+class Cell:
+    label: str
+    """Row name in the table."""
+    config: str
+    """Recipe name under configs/ or a YAML path."""
+    overrides: list[str] = field(default_factory=list)
+    """key=value overrides of this cell (after the suite's common ones)."""
+
+
+@dataclass
+class Suite:
+    name: str
+    """Suite name (the default output folder results/NAME)."""
+    cells: list[Cell]
+    """The rows of the comparison."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Every cell runs once per seed; the table reports mean ± std."""
+    common: list[str] = field(default_factory=list)
+    """Overrides applied to every cell: the shared budget and protocol."""
+    description: str = ""
+    """What the suite reproduces and what it needs (data, device)."""
+
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
+
+
+def find_suite(name: str) -> Path:
+    p = Path(name)
+    if p.is_file():
+        return p
+    for base in (Path.cwd() / "configs" / "suites", SUITES_DIR):
+        if (base / f"{name}.yaml").is_file():
+            return base / f"{name}.yaml"
+    known = sorted(q.stem for q in SUITES_DIR.glob("*.yaml"))
+    raise ConfigError(f"suite {name!r} not found; known suites: {', '.join(known)} (or give a YAML path)")
+
+
+def load_suite(name: str) -> Suite:
+    path = find_suite(name)
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.setdefault("name", path.stem)
+    return from_dict(Suite, raw, "suite")
+
+
+def cell_config(suite: Suite, cell: Cell, seed: int) -> RunConfig:
+    raw = load_raw(cell.config)
+    raw["name"] = cell.label
+    cfg = build_config(apply_overrides(raw, suite.common + cell.overrides + [f"train.seed={seed}"]))
+    return cfg
+
+
+def _peak_reset() -> int:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        for ln in Path("/proc/self/status").read_text().splitlines():
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _peak_since(base: int) -> float:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    for ln in Path("/proc/self/status").read_text().splitlines():
+        if ln.startswith("VmHWM:"):
+            return max(0, int(ln.split()[1]) * 1024 - base) / 2**20
+    return float("nan")
+
+
+def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
+    """Train (or resume) and probe one cell; returns and stores its result."""
+    from biossl.run_eval import evaluate_run
+    from biossl.train import train
+    result_path = cell_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    base = _peak_reset()
+    t0 = time.time()
+    summary = {}
+    if trained:
+        ckpt = cell_dir / "checkpoint.pt"
+        summary = train(None if ckpt.exists() else cfg, cell_dir, resume=ckpt.exists())
+    else:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), cell_dir / "config.yaml")
+    peak = _peak_since(base)
+    rows = evaluate_run(cell_dir, trained=trained)
+    label = rows[0].encoder_label
+    res = {"label": cfg.name, "seed": cfg.train.seed, "rule": cfg.rule.name if trained else "none",
+           "objective": cfg.objective.name if trained else "—", "encoder": cfg.encoder.name,
+           "views": cfg.views.name,
+           "probe": [r.probe for r in rows if r.encoder_label == label],
+           "knn": [r.knn for r in rows if r.encoder_label == label],
+           "few_label": [r.few_label for r in rows if r.encoder_label == label],
+           "protocol": rows[0].protocol,
+           "images_seen": summary.get("steps", 0) * cfg.train.batch_size,
+           "train_seconds": summary.get("train_seconds", 0.0),
+           "images_per_s": summary.get("images_per_s", float("nan")),
+           "peak_mib": peak, "wall_seconds": time.time() - t0}
+    write_text_atomic(json.dumps(res, indent=1), result_path)
+    return res
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _fmt(m: float, s: float, seeds: int) -> str:
+    if math.isnan(m):
+        return "—"
+    return f"{m:.1f} ± {s:.1f}" if seeds > 1 else f"{m:.1f}"
+
+
+def summarize(groups: dict[str, list[dict]], plaus: dict[str, dict]) -> list[dict]:
+    out = []
+    for label, results in groups.items():
+        n_stages = len(results[0]["probe"])
+        row = {"label": label, "rule": results[0]["rule"], "objective": results[0]["objective"],
+               "encoder": results[0]["encoder"], "views": results[0]["views"], "seeds": len(results)}
+        for metric in ("probe", "knn", "few_label"):
+            for s in range(n_stages):
+                row[f"{metric}_s{s + 1}"] = _mean_std([r[metric][s] for r in results])
+        for k in ("train_seconds", "images_per_s", "peak_mib", "images_seen"):
+            row[k] = _mean_std([float(r[k]) for r in results])[0]
+        row["plausible"] = plaus.get(label, {})
+        row["n_stages"] = n_stages
+        out.append(row)
+    return out
+
+
+def format_markdown(suite: Suite, rows: list[dict], protocol: str) -> str:
+    stages = max(r["n_stages"] for r in rows)
+    head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + \
+        ["kNN top", "100/class top", "images seen", "train s", "img/s", "peak MiB", "(i)-(iv)"]
+    lines = [f"# {suite.name}", "", suite.description.strip(), "",
+             f"Seeds: {suite.seeds}. Common overrides: `{' '.join(suite.common)}`.", "",
+             f"Protocol: {protocol}.", "",
+             "Probe = linear probe test accuracy (%) on each stage's global-average-pooled output; "
+             "kNN and 100/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
+             "(✓) or not (✗), for the rule with this objective.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    n = len(suite.seeds)
+    for r in rows:
+        top = r["n_stages"]
+        cells = [r["label"], r["rule"], r["objective"]]
+        cells += [_fmt(*r[f"probe_s{s}"], n) if s <= top else "" for s in range(1, stages + 1)]
+        cells += [_fmt(*r[f"knn_s{top}"], n), _fmt(*r[f"few_label_s{top}"], n),
+                  f"{r['images_seen']:.0f}", f"{r['train_seconds']:.0f}",
+                  "—" if math.isnan(r["images_per_s"]) else f"{r['images_per_s']:.0f}",
+                  f"{r['peak_mib']:.0f}",
+                  "".join("✓" if r["plausible"].get(c) else "✗" for c in CONDITIONS) if r["plausible"] else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys and k != "plausible"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys + [f"cond_{c}" for c in CONDITIONS])
+        for r in rows:
+            vals = []
+            for k in keys:
+                v = r.get(k, "")
+                vals += [f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, tuple) else v]
+            w.writerow(vals + [r["plausible"].get(c, "") for c in CONDITIONS])
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        xs = list(range(1, r["n_stages"] + 1))
+        ys = [r[f"probe_s{s}"][0] for s in xs]
+        err = [r[f"probe_s{s}"][1] for s in xs]
+        style = "k--" if r["rule"] == "none" else "-o"
+        ax.errorbar(xs, ys, yerr=err, fmt=style, label=r["label"], capsize=3, markersize=4)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("linear probe accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[dict]] = {}
+    plaus: dict[str, dict] = {}
+    randoms: dict[str, tuple[RunConfig, list[int]]] = {}
+    protocol = ""
+    plan = [(c, s) for c in suite.cells for s in suite.seeds]
+    for i, (cell, seed) in enumerate(plan):
+        cfg = cell_config(suite, cell, seed)
+        cell_dir = out / "cells" / f"{cell.label}-s{seed}"
+        state = "finished" if (cell_dir / "result.json").is_file() else "running"
+        if progress:
+            print(f"[{i + 1}/{len(plan)}] {cell.label} seed {seed}: {state}", flush=True)
+        res = run_cell(cfg, cell_dir)
+        protocol = res["protocol"]
+        groups.setdefault(cell.label, []).append(res)
+        plaus[cell.label] = plausibility(cfg.rule.name, RULES.get(cfg.rule.name).factory, cfg.objective.name)
+        key = f"random-init ({cfg.encoder.name}, {cfg.views.name})"
+        randoms.setdefault(key, (cfg, []))[1].append(seed) if seed not in randoms.get(key, (None, []))[1] else None
+    for key, (cfg, seeds) in randoms.items():
+        for seed in seeds:
+            rcfg = build_config(apply_overrides(cfg.to_dict(), [f"train.seed={seed}", f"name={key}"]))
+            rdir = out / "cells" / f"random-init-{cfg.encoder.name}-{cfg.views.name}-s{seed}"
+            if progress:
+                print(f"[random] {key} seed {seed}: "
+                      f"{'finished' if (rdir / 'result.json').is_file() else 'running'}", flush=True)
+            groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False))
+    rows = summarize(groups, plaus)
+    rows.sort(key=lambda r: (r["rule"] != "none", r["label"]))
+    write_text_atomic(format_markdown(suite, rows, protocol), out / "results.md")
+    write_csv(rows, out / "results.csv")
+    plot(rows, out / "results.png", f"{suite.name}: per-stage linear probe")
+    return rows
+
+
+def main(args) -> int:
+    suite = load_suite(args.suite)
+    if args.seeds:
+        suite = dataclasses.replace(suite, seeds=list(args.seeds))
+    out = Path(args.out or Path("results") / suite.name)
+    rows = run_suite(suite, out)
+    print((out / "results.md").read_text())
+    print(f"written: {out / 'results.md'}, results.csv, results.png")
+    return 0

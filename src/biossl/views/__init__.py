@@ -1,0 +1,18 @@
+"""View recipes (how positive pairs are made); each is one ``VIEWS.register`` line.
+
+A recipe is ``Recipe(cfg: Recipe.Config, image_shape: (C, H, W))`` and is called as
+``recipe(x_uint8 (N, C, H, W), generator) -> ViewBatch``.
+"""
+from biossl.registry import VIEWS
+from biossl.views.base import ViewRecipe, to_float
+from biossl.views.batch import ViewBatch
+from biossl.views.recipes import DeformViews, NoViews, SimCLRViews
+from biossl.views.saccades import SaccadeViews
+
+VIEWS.register("deform", DeformViews)
+VIEWS.register("simclr", SimCLRViews)
+VIEWS.register("none", NoViews)
+VIEWS.register("saccades", SaccadeViews, summary="CLAPP/GIM saccades: grayscale patch grid (kind grid)")
+
+__all__ = ["VIEWS", "ViewRecipe", "ViewBatch", "to_float",
+           "DeformViews", "SimCLRViews", "NoViews", "SaccadeViews"]
