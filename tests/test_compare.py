@@ -50,3 +50,21 @@ def test_unknown_suite_lists_known():
     from biossl.config import ConfigError
     with pytest.raises(ConfigError, match="fmnist-quick"):
         load_suite("nope")
+
+
+def test_plausibility_of_rule_objective_pairs():
+    from biossl.config import load_config
+    from biossl.registry import OBJECTIVES, RULES
+    from biossl.rules.base import plausibility
+
+    def cond(*ov, config="fmnist-bp-hinge"):
+        cfg = load_config(config, list(ov))
+        return plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
+                            OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
+    assert cond() == {"i": False, "ii": False, "iii": False, "iv": True}           # e2e BP
+    assert cond("rule.name=rf")["iii"] and not cond("rule.name=rf")["i"]           # FA: no transport, error crosses layers
+    assert all(cond("rule.name=gll", "rule.feedback=urf").values())
+    assert not cond("rule.name=gll", "rule.feedback=bp")["iii"]
+    assert not cond("rule.name=gll", "rule.feedback=urf", "objective.name=ntxent")["ii"]
+    assert all(cond(config="fmnist-clapp").values())
+    assert not cond(config="fmnist-clapp-s")["iii"]                                # transposed W_pred

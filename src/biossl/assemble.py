@@ -37,10 +37,12 @@ class Assembly:
         return self.rule.encoder
 
 
-def build_encoder(cfg: RunConfig, spec, device: torch.device):
-    """The encoder exactly as a run with ``cfg`` initialises it (seeded)."""
+def build_encoder(cfg: RunConfig, recipe, spec, device: torch.device):
+    """The encoder exactly as a run with ``cfg`` initialises it (seeded). Its input channels
+    are those of the recipe's output (grayscale saccades turn RGB into 1 channel)."""
     torch.manual_seed(cfg.train.seed)
-    enc = ENCODERS.build(cfg.encoder.name, cfg.encoder.params, spec.image_shape[0]).to(device)
+    in_channels = recipe.sample_shape(tuple(spec.image_shape))[0]
+    enc = ENCODERS.build(cfg.encoder.name, cfg.encoder.params, in_channels).to(device)
     if cfg.train.channels_last and device.type == "cuda":
         enc = enc.to(memory_format=torch.channels_last)
     return enc
@@ -61,7 +63,7 @@ def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
         raise ConfigError(
             f"objective {cfg.objective.name!r} consumes {'/'.join(accepts)} batches but view recipe "
             f"{cfg.views.name!r} makes {recipe.kind!r} batches; set views.name to one of: {', '.join(fitting)}")
-    encoder = build_encoder(cfg, spec, device)
+    encoder = build_encoder(cfg, recipe, spec, device)
     shapes = encoder.out_shapes(recipe.sample_shape(tuple(spec.image_shape)))
 
     def make_objective(i: int):

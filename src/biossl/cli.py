@@ -20,20 +20,24 @@ EPILOG = """examples:
 
 
 def _cmd_list(args) -> int:
-    from biossl.registry import AXES, SUITES, load_all
+    import dataclasses
+
+    from biossl.compare import SUITES_DIR, load_suite
+    from biossl.registry import AXES, load_all
     load_all()
-    try:
-        import biossl.suites  # noqa: F401  (registers suites)
-    except ImportError:
-        pass
-    for axis, reg in list(AXES.items()) + [("suite", SUITES)]:
-        print(f"{axis}s:")
+    titles = {"dataset": "datasets", "views": "view recipes", "encoder": "encoders",
+              "objective": "objectives", "rule": "rules"}
+    for axis, reg in AXES.items():
+        print(f"{titles[axis]}:")
         for e in reg.entries():
             keys = ""
             if e.config is not None:
-                import dataclasses
                 keys = " [" + ", ".join(f.name for f in dataclasses.fields(e.config)) + "]"
             print(f"  {e.name:<16} {e.summary}{keys}")
+    print("suites (biossl compare):")
+    for path in sorted(SUITES_DIR.glob("*.yaml")):
+        suite = load_suite(str(path))
+        print(f"  {suite.name:<16} {len(suite.cells)} cells × {len(suite.seeds)} seeds")
     return 0
 
 

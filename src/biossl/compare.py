@@ -30,7 +30,7 @@ import yaml
 
 from biossl.checkpoint import write_text_atomic
 from biossl.config import ConfigError, RunConfig, apply_overrides, build_config, coerce, from_dict, load_raw
-from biossl.registry import RULES
+from biossl.registry import OBJECTIVES, RULES
 from biossl.rules.base import CONDITIONS, plausibility
 
 
@@ -251,7 +251,8 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
         res = run_cell(cfg, cell_dir)
         protocol = res["protocol"]
         groups.setdefault(cell.label, []).append(res)
-        plaus[cell.label] = plausibility(cfg.rule.name, RULES.get(cfg.rule.name).factory, cfg.objective.name)
+        plaus[cell.label] = plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
+                                         OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
         key = f"random-init ({cfg.encoder.name}, {cfg.views.name})"
         randoms.setdefault(key, (cfg, []))[1].append(seed) if seed not in randoms.get(key, (None, []))[1] else None
     for key, (cfg, seeds) in randoms.items():

@@ -70,7 +70,6 @@ VIEWS: Registry = Registry("view recipe")
 ENCODERS: Registry = Registry("encoder")
 OBJECTIVES: Registry = Registry("objective")
 RULES: Registry = Registry("rule")
-SUITES: Registry = Registry("suite")
 
 AXES = {"dataset": DATASETS, "views": VIEWS, "encoder": ENCODERS,
         "objective": OBJECTIVES, "rule": RULES}

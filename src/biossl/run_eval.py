@@ -42,7 +42,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
         budget = state["global_step"] * cfg.train.batch_size
         encoders.append((f"{cfg.rule.name}+{cfg.objective.name}", asm.rule.encoder, budget))
     if cfg.eval.random_init or not trained:
-        encoders.append(("random-init", build_encoder(cfg, asm.spec, asm.device), 0))
+        encoders.append(("random-init", build_encoder(cfg, asm.recipe, asm.spec, asm.device), 0))
     for label, enc, seen in encoders:
         rows += evaluate_encoder(enc, label, tr_x, tr_y, te_x, te_y, asm.recipe, cfg.eval,
                                  spec.num_classes, asm.device, seed=cfg.train.seed,

@@ -135,11 +135,18 @@ def freeze(module: nn.Module, frozen: bool = True) -> None:
         p.requires_grad_(not frozen)
 
 
-def plausibility(rule_name: str, rule_cls: type, objective_name: str) -> dict[str, bool]:
-    """Conditions (i)–(iv) for a rule × objective pair: (ii) also needs an objective whose
-    error has no normalisation/division (hinge, clapp); NT-Xent/InfoNCE fail it."""
-    from biossl.registry import OBJECTIVES
-    out = dict(rule_cls.plausible_rule)
-    obj = OBJECTIVES.get(objective_name).factory
-    out["ii"] = out["ii"] and getattr(obj, "plausible_error", False)
+def plausibility(rule_cls: type, rule_params, objective_cls: type, objective_params) -> dict[str, bool]:
+    """Conditions (i)–(iv) for a configured rule × objective pair.
+
+    The rule says what its credit assignment meets (``plausible_for(params)`` when it
+    depends on options such as the feedback mode). The objective can only take away:
+    (ii) needs an error without normalisation/division (``plausible_error``: hinge, clapp;
+    NT-Xent/InfoNCE fail it), and (iii) fails when the objective itself transports
+    weights (``uses_weight_transport(params)``, e.g. CLAPP-s's transposed W_pred)."""
+    pf = getattr(rule_cls, "plausible_for", None)
+    out = dict(pf(rule_params) if callable(pf) else rule_cls.plausible_rule)
+    out["ii"] = out["ii"] and getattr(objective_cls, "plausible_error", False)
+    wt = getattr(objective_cls, "uses_weight_transport", None)
+    if callable(wt) and wt(objective_params):
+        out["iii"] = False
     return out

@@ -1,0 +1,77 @@
+"""InfoNCE over patch predictions (CPC / Greedy InfoMax), the non-plausible baseline.
+
+Same geometry as ``clapp`` (row r predicts row r + k + 1, k = 1…K): the score of a
+future z given a context c is the bilinear zᵀ W_k c; each context is scored against its
+own future and against ``negatives`` futures drawn from all images and locations of the
+step (never itself), and the loss is the cross-entropy of picking the true one, written
+with log-sum-exp. The softmax's normalisation makes the error non-local:
+``plausible_error = False``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from biossl.objectives.predictive import (PredictiveObjective, context_future, init_step_weights,
+                                          patch_vectors, steps_for, vector_grid)
+from biossl.views.batch import ViewBatch
+
+
+def infonce_scores(pred: Tensor, z: Tensor, neg_idx: Tensor) -> Tensor:
+    """Logits (M, 1 + J): column 0 the positive zᵀ pred, then the negatives z[neg_idx].
+
+    pred, z: (M, D) predictions W c and futures; neg_idx: (M, J) rows of z.
+    """
+    pos = (z * pred).sum(-1, keepdim=True)
+    neg = torch.einsum("mjd,md->mj", z[neg_idx], pred)
+    return torch.cat([pos, neg], dim=1)
+
+
+@dataclass
+class InfoNCEConfig:
+    steps: int = 5
+    """K: prediction steps k = 1…K (row r predicts row r+k+1); capped at rows − 2 of the grid."""
+    negatives: int = 16
+    """Negatives per context, drawn uniformly from the other (image, location) futures of the step."""
+    seed: int | None = None
+    """Seed of the negative draws; None: torch's initial seed (the run seed)."""
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {self.steps}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be ≥ 1, got {self.negatives}")
+
+
+class InfoNCEObjective(PredictiveObjective):
+    """CPC/GIM InfoNCE with one bilinear W_k per prediction step."""
+
+    Config = InfoNCEConfig
+    plausible_error = False
+
+    def __init__(self, cfg: InfoNCEConfig, in_shape: tuple[int, ...]):
+        super().__init__(cfg.seed)
+        cfg.validate()
+        self.cfg = cfg
+        ch = in_shape[0]
+        self.w_pred = nn.Parameter(init_step_weights(cfg.steps, ch, ch))  # pairs: step 0 only
+
+    def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
+        self._check_batch(batch)
+        grid = vector_grid(patch_vectors(h), batch)
+        steps = steps_for(batch, grid.shape[1], self.cfg.steps)
+        total = grid.new_zeros(())
+        for t, off in steps:
+            c, z = context_future(grid, off)
+            c, z = c.reshape(-1, c.shape[-1]), z.reshape(-1, z.shape[-1])
+            m = z.shape[0]
+            # offsets in [1, m): a context's own future is never one of its negatives
+            shift = torch.randint(1, m, (m, self.cfg.negatives), generator=self.generator)
+            neg_idx = ((torch.arange(m)[:, None] + shift) % m).to(z.device)
+            logits = infonce_scores(c @ self.w_pred[t].t(), z, neg_idx)
+            target = torch.zeros(m, dtype=torch.long, device=z.device)
+            total = total + F.cross_entropy(logits, target)
+        return total / len(steps)

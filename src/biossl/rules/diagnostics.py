@@ -1,0 +1,85 @@
+"""How far a feedback rule's update is from back-propagation, measured every so often.
+
+* ``angle/<group>``: angle (degrees) between the rule's gradient for a parameter group
+  (a stage, a head) and the true BP gradient of the same loss on the same batch at the same
+  weights, obtained by a second forward + backward with B := W (weight transport switched
+  on for the measurement only). 0° means the rule follows the gradient exactly; < 90° means
+  it still descends the loss.
+* ``fb_norm_ratio/<layer>``: ‖B‖ / ‖W‖ per feedback layer, and ``fb_angle/<layer>``: the
+  angle between B and W (URF drives it down as W moves; RF keeps B fixed).
+
+The gradient angle costs one extra forward + backward, so it runs only every
+``every`` steps (0: never); the norm ratios are computed when asked for.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from biossl.feedback.layers import FeedbackLayer, weight_transport
+
+
+def angle_deg(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    """Angle between two lists of tensors, each flattened and concatenated (NaN if one is 0)."""
+    dot = na = nb = 0.0
+    for x, y in zip(a, b, strict=True):
+        x, y = x.detach().double().flatten(), y.detach().double().flatten()
+        dot += float(x @ y)
+        na += float(x @ x)
+        nb += float(y @ y)
+    if na == 0.0 or nb == 0.0:
+        return math.nan
+    return math.degrees(math.acos(max(-1.0, min(1.0, dot / math.sqrt(na * nb)))))
+
+
+def feedback_report(named: Mapping[str, FeedbackLayer]) -> dict[str, float]:
+    """‖B‖/‖W‖ and the angle between B and W for each feedback layer (by module name)."""
+    out: dict[str, float] = {}
+    for name, layer in named.items():
+        w, b = layer.weight.detach(), layer.feedback
+        out[f"fb_norm_ratio/{name}"] = float(b.norm() / w.norm().clamp_min(1e-30))
+        out[f"fb_angle/{name}"] = angle_deg([b], [w])
+    return out
+
+
+def named_feedback_layers(module: nn.Module) -> dict[str, FeedbackLayer]:
+    return {n: m for n, m in module.named_modules() if isinstance(m, FeedbackLayer)}
+
+
+class GradientAngleProbe:
+    """Every ``every`` steps, compares the gradients a rule just computed with true BP.
+
+    Call :meth:`tick` once per rule step; when it returns True, call :meth:`measure`
+    after the rule's ``backward`` and before its optimizer step.
+    """
+
+    def __init__(self, every: int, layers: Sequence[FeedbackLayer]):
+        if every < 0:
+            raise ValueError("diagnostics_every must be ≥ 0")
+        self.every = every
+        self.layers = list(layers)
+        self.steps = 0
+        self.last: dict[str, float] = {}
+
+    def tick(self) -> bool:
+        """Advance the step counter; True when this step should be measured."""
+        self.steps += 1
+        # With no feedback layers the rule *is* BP: nothing to measure.
+        return bool(self.every) and bool(self.layers) and (self.steps - 1) % self.every == 0
+
+    def measure(self, groups: Mapping[str, Sequence[nn.Parameter]], loss_fn: Callable[[], Tensor]) -> None:
+        """``groups``: named parameter lists whose ``.grad`` holds the rule's gradient;
+        ``loss_fn``: recomputes the same loss on the same batch (a fresh graph)."""
+        params = [p for ps in groups.values() for p in ps]
+        rule = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        with weight_transport(self.layers):
+            true = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+        true = [t if t is not None else torch.zeros_like(p) for t, p in zip(true, params)]
+        k = 0
+        for name, ps in groups.items():
+            n = len(ps)
+            self.last[f"angle/{name}"] = angle_deg(rule[k:k + n], true[k:k + n])
+            k += n
