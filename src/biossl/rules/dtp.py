@@ -229,7 +229,8 @@ class DTP(Rule):
     # ---- the trainer's interface -------------------------------------------------------
     def step(self, batch: ViewBatch) -> dict[str, float]:
         """One step (see the module docstring). Logs 'loss' (the SSL objective),
-        'loss/stage{l}' (stage l's target loss) and 'recon/stage{l}' (g_l's denoising loss)."""
+        'loss/stage{l}' (stage l's target loss), 'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖) and
+        'recon/stage{l}' (g_l's denoising loss)."""
         warm = self.steps_done < self.cfg.feedback_warmup
         log: dict[str, float] = {}
         p = self.forward_pass(batch, with_graph=not warm)
@@ -271,6 +272,9 @@ class DTP(Rule):
         self.steps_done += 1
         log["loss"] = loss.item()
         log.update({f"loss/stage{l}": v.item() for l, v in enumerate(local)})
+        # How far each target moves its layer, relative to the activity (‖ĥ_l − h_l‖ / ‖h_l‖).
+        log.update({f"shift/stage{l}": ((t - h).norm() / h.norm().clamp_min(1e-12)).item()
+                    for l, (t, h) in enumerate(zip(targets, p.hs))})
         return log
 
     # ---- diagnostics -------------------------------------------------------------------
