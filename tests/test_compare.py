@@ -61,7 +61,8 @@ def test_plausibility_of_rule_objective_pairs():
         cfg = load_config(config, list(ov))
         return plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
                             OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
-    assert cond() == {"i": False, "ii": False, "iii": False, "iv": True}           # e2e BP
+    assert cond() == {"i": False, "ii": True, "iii": False, "iv": True}            # e2e BP + hinge
+    assert not cond("objective.name=ntxent")["ii"]
     assert cond("rule.name=rf")["iii"] and not cond("rule.name=rf")["i"]           # FA: no transport, error crosses layers
     assert all(cond("rule.name=gll", "rule.feedback=urf").values())
     assert not cond("rule.name=gll", "rule.feedback=bp")["iii"]

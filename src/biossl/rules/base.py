@@ -38,9 +38,10 @@ class NonFiniteLoss(FloatingPointError):
 class Rule(nn.Module):
     Config: ClassVar[type | None] = None
 
-    plausible_rule: ClassVar[dict[str, bool]] = {"i": False, "ii": False, "iii": False, "iv": True}
-    """Which Bio-SSL plausibility conditions the rule itself satisfies (the objective's
-    form also matters for (ii): see :func:`plausibility`)."""
+    plausible_rule: ClassVar[dict[str, bool]] = {"i": False, "ii": True, "iii": False, "iv": True}
+    """Which Bio-SSL plausibility conditions the rule's credit assignment satisfies. (ii) is
+    True unless the rule itself normalises or divides; the objective decides the rest of
+    (ii), and can remove (iii): see :func:`plausibility`."""
 
     def __init__(self, cfg, encoder: StageStack, make_objective: MakeObjective, train):
         super().__init__()
