@@ -20,16 +20,22 @@ import torch
 from biossl.assemble import assemble
 from biossl.config import RunConfig, apply_overrides, build_config, load_raw
 
-BASE = "fmnist-bp-hinge"
-# (label, overrides of the base recipe); cells whose rule is not registered are skipped.
+# (label, recipe, overrides, schedule epoch). GLL's cost depends on the stage it trains,
+# so it is measured at its first and last stage (the epoch selects the stage). The
+# saccade cells encode patch grids (another input), so they are compared with cpc, their
+# own end-to-end baseline, as well as with e2e-bp.
 DEFAULT_CELLS = [
-    ("e2e-bp", []),
-    ("e2e-rf", ["rule.name=rf"]),
-    ("e2e-urf", ["rule.name=urf"]),
-    ("e2e-sign", ["rule.name=sign"]),
-    ("gll", ["rule.name=gll"]),
-    ("rll", ["rule.name=rll"]),
-    ("dtp", ["rule.name=dtp"]),
+    ("e2e-bp", "fmnist-bp-hinge", [], 0),
+    ("e2e-rf", "fmnist-bp-hinge", ["rule.name=rf", "rule.diagnostics_every=0"], 0),
+    ("e2e-urf", "fmnist-bp-hinge", ["rule.name=urf", "rule.diagnostics_every=0"], 0),
+    ("e2e-sign", "fmnist-bp-hinge", ["rule.name=sign", "rule.diagnostics_every=0"], 0),
+    ("gll-urf stage 1", "fmnist-gll-hinge", ["rule.feedback=urf", "rule.diagnostics_every=0"], 0),
+    ("gll-urf stage 3", "fmnist-gll-hinge", ["rule.feedback=urf", "rule.diagnostics_every=0"], 2),
+    ("rll-urf", "fmnist-rll-hinge", ["rule.feedback=urf", "rule.diagnostics_every=0"], 0),
+    ("dtp", "fmnist-dtp-hinge", ["rule.diagnostics_every=0", "rule.feedback_warmup=0"], 0),
+    ("cpc (grid)", "fmnist-cpc", [], 0),
+    ("clapp (grid)", "fmnist-clapp", ["rule.mode=autograd"], 0),
+    ("clapp explicit (grid)", "fmnist-clapp", ["rule.mode=explicit"], 0),
 ]
 
 
@@ -78,9 +84,10 @@ def _batch(asm, batch_size: int) -> torch.Tensor:
 
 
 class _Cell:
-    def __init__(self, label: str, cfg: RunConfig):
+    def __init__(self, label: str, cfg: RunConfig, epoch: int = 0):
         self.label, self.cfg = label, cfg
         self.asm = assemble(cfg)
+        self.asm.rule.start_epoch(epoch)
         self.x = _batch(self.asm, cfg.train.batch_size)
         self.gen = torch.Generator(device=self.asm.device).manual_seed(0)
         self.step_times: list[float] = []
@@ -116,12 +123,13 @@ class _Cell:
         self.peak_bytes = max(0, _peak(self.asm.device) - base)
 
 
-def bench_configs(cells: list[tuple[str, RunConfig]], steps: int = 20, warmup: int = 3,
+def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                   rounds: int = 3, progress: bool = True) -> list[dict]:
-    """Measure every (label, config) in this process; the first cell is the reference."""
+    """Measure every (label, config[, schedule epoch]) in this process; the first cell is
+    the reference."""
     built = []
-    for label, cfg in cells:
-        c = _Cell(label, cfg)
+    for label, cfg, *epoch in cells:
+        c = _Cell(label, cfg, *epoch)
         c.steps(warmup)  # allocator warm-up, lazy init
         c.measure_peak(max(2, steps // 4))
         built.append(c)
@@ -170,16 +178,9 @@ def format_bench(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def default_cells(overrides: list[str] = ()) -> list[tuple[str, RunConfig]]:
-    from biossl.registry import RULES, load_all
-    load_all()
-    raw = load_raw(BASE)
-    cells = []
-    for label, ov in DEFAULT_CELLS:
-        rule = next((o.split("=", 1)[1] for o in ov if o.startswith("rule.name=")), "bp")
-        if rule in RULES:
-            cells.append((label, build_config(apply_overrides(raw, ov + list(overrides)))))
-    return cells
+def default_cells(overrides: list[str] = ()) -> list[tuple[str, RunConfig, int]]:
+    return [(label, build_config(apply_overrides(load_raw(recipe), ov + list(overrides))), epoch)
+            for label, recipe, ov, epoch in DEFAULT_CELLS]
 
 
 def main(args) -> int:
