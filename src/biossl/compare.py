@@ -175,16 +175,18 @@ def summarize(groups: dict[str, list[dict]], plaus: dict[str, dict]) -> list[dic
     return out
 
 
-def format_markdown(suite: Suite, rows: list[dict], protocol: str) -> str:
+def format_markdown(suite: Suite, rows: list[dict], protocols: list[str]) -> str:
     stages = max(r["n_stages"] for r in rows)
     head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + \
         ["kNN top", "100/class top", "images seen", "train s", "img/s", "peak MiB", "(i)-(iv)"]
     lines = [f"# {suite.name}", "", suite.description.strip(), "",
              f"Seeds: {suite.seeds}. Common overrides: `{' '.join(suite.common)}`.", "",
-             f"Protocol: {protocol}.", "",
+             "Protocol: " + " | ".join(protocols) + ".", "",
              "Probe = linear probe test accuracy (%) on each stage's global-average-pooled output; "
              "kNN and 100/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
-             "(✓) or not (✗), for the rule with this objective.", "",
+             "(✓) or not (✗), for the rule with this objective. Peak MiB: growth of the process's "
+             "peak resident memory during the cell (training and probing; the allocator reuses "
+             "memory across cells, so compare rules with `biossl bench`, not with this column).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     n = len(suite.seeds)
     for r in rows:
@@ -216,23 +218,32 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per view recipe (each family has its own random-init row, drawn dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        xs = list(range(1, r["n_stages"] + 1))
-        ys = [r[f"probe_s{s}"][0] for s in xs]
-        err = [r[f"probe_s{s}"][1] for s in xs]
-        style = "k--" if r["rule"] == "none" else "-o"
-        ax.errorbar(xs, ys, yerr=err, fmt=style, label=r["label"], capsize=3, markersize=4)
-    ax.set_xlabel("stage")
-    ax.set_ylabel("linear probe accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    families = sorted({r["views"] for r in rows})
+    fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families), 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, fam in zip(axes[0], families):
+        mine = [r for r in rows if r["views"] == fam]
+        for k, r in enumerate(mine):
+            xs = list(range(1, r["n_stages"] + 1))
+            ys = [r[f"probe_s{s}"][0] for s in xs]
+            err = [r[f"probe_s{s}"][1] for s in xs]
+            if r["rule"] == "none":
+                ax.errorbar(xs, ys, yerr=err, fmt="k--", lw=2.5, label=r["label"], capsize=3)
+            else:
+                ax.errorbar(xs, ys, yerr=err, fmt="-o", color=cmap(k % 20), label=r["label"],
+                            capsize=3, markersize=4)
+        ax.set_xticks(xs)
+        ax.set_xlabel("stage")
+        ax.set_ylabel("linear probe accuracy (%)")
+        ax.set_title(f"{title} — views: {fam}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -241,7 +252,7 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     plaus: dict[str, dict] = {}
     randoms: dict[str, tuple[RunConfig, list[int]]] = {}
-    protocol = ""
+    protocols: list[str] = []
     plan = [(c, s) for c in suite.cells for s in suite.seeds]
     for i, (cell, seed) in enumerate(plan):
         cfg = cell_config(suite, cell, seed)
@@ -250,7 +261,8 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
         if progress:
             print(f"[{i + 1}/{len(plan)}] {cell.label} seed {seed}: {state}", flush=True)
         res = run_cell(cfg, cell_dir)
-        protocol = res["protocol"]
+        if res["protocol"] not in protocols:
+            protocols.append(res["protocol"])
         groups.setdefault(cell.label, []).append(res)
         plaus[cell.label] = plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
                                          OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
@@ -266,7 +278,7 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
             groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False))
     rows = summarize(groups, plaus)
     rows.sort(key=lambda r: (r["rule"] != "none", r["label"]))
-    write_text_atomic(format_markdown(suite, rows, protocol), out / "results.md")
+    write_text_atomic(format_markdown(suite, rows, protocols), out / "results.md")
     write_csv(rows, out / "results.csv")
     plot(rows, out / "results.png", f"{suite.name}: per-stage linear probe")
     return rows

@@ -52,7 +52,9 @@ class BP(Rule):
     Config: ClassVar[type] = BPConfig
     fixed_feedback: ClassVar[str | None] = None
     """Set by the rf/urf/sign rules: their feedback mode (their Config has no such key)."""
-    plausible_rule = {"i": False, "ii": False, "iii": False, "iv": True}
+    # (ii) is decided by the objective (rules.base.plausibility): BP adds no normalisation.
+    # (i) fails: the error crosses every layer; (iii) fails: Wᵀ carries it down.
+    plausible_rule = {"i": False, "ii": True, "iii": False, "iv": True}
 
     def __init__(self, cfg, encoder, make_objective, train):
         cfg = cfg if cfg is not None else self.Config()
