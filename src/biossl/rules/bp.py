@@ -14,7 +14,7 @@ import torch
 
 from biossl.feedback import check_mode, feedback_generator, feedback_layers, mirrored_updates, to_feedback
 from biossl.rules.base import Rule, check_finite, forward_views, make_optimizer
-from biossl.rules.diagnostics import GradientAngleProbe, feedback_report, named_feedback_layers
+from biossl.rules.diagnostics import FeedbackDiagnostics, GradientAngleProbe
 from biossl.views.batch import ViewBatch
 
 Feedback = Literal["bp", "rf", "urf", "sign"]
@@ -46,7 +46,7 @@ class FeedbackE2EConfig:
             raise ValueError("diagnostics_every must be ≥ 0")
 
 
-class BP(Rule):
+class BP(FeedbackDiagnostics, Rule):
     """End-to-end back-propagation of the objective on the top stage (the baseline)."""
 
     Config: ClassVar[type] = BPConfig
@@ -91,15 +91,6 @@ class BP(Rule):
         with mirrored_updates(self._layers):
             opt.step()
         return {"loss": loss.item()}
-
-    def diagnostics(self) -> dict[str, float]:
-        return {**self.probe.last, **feedback_report(named_feedback_layers(self))}
-
-    def schedule_state(self) -> dict:
-        return {"diagnostics_step": self.probe.steps}
-
-    def load_schedule_state(self, state: dict) -> None:
-        self.probe.steps = state.get("diagnostics_step", 0)
 
 
 def _e2e_feedback_rule(mode: str, doc: str) -> type[BP]:

@@ -83,3 +83,17 @@ class GradientAngleProbe:
             n = len(ps)
             self.last[f"angle/{name}"] = angle_deg(rule[k:k + n], true[k:k + n])
             k += n
+
+
+class FeedbackDiagnostics:
+    """Mixin for rules that keep a :class:`GradientAngleProbe` in ``self.probe``: logs its
+    last angles with ‖B‖/‖W‖ of every feedback layer, and checkpoints its step counter."""
+
+    def diagnostics(self) -> dict[str, float]:
+        return {**self.probe.last, **feedback_report(named_feedback_layers(self))}
+
+    def schedule_state(self) -> dict:
+        return {"diagnostics_step": self.probe.steps}
+
+    def load_schedule_state(self, state: dict) -> None:
+        self.probe.steps = state.get("diagnostics_step", 0)

@@ -23,7 +23,7 @@ from torch import nn
 from biossl.feedback import check_mode, feedback_generator, feedback_layers, mirrored_updates, to_feedback
 from biossl.rules.base import Rule, check_finite, forward_views, make_optimizer
 from biossl.rules.bp import Feedback
-from biossl.rules.diagnostics import GradientAngleProbe, feedback_report, named_feedback_layers
+from biossl.rules.diagnostics import FeedbackDiagnostics, GradientAngleProbe
 from biossl.views.batch import ViewBatch
 
 
@@ -42,7 +42,7 @@ class LayerwiseConfig:
             raise ValueError("diagnostics_every must be ≥ 0")
 
 
-class Layerwise(Rule):
+class Layerwise(FeedbackDiagnostics, Rule):
     """Shared machinery of GLL and RLL: per-stage heads, optimizers and the stage step."""
 
     Config: ClassVar[type] = LayerwiseConfig
@@ -97,15 +97,6 @@ class Layerwise(Rule):
         with mirrored_updates(self._layers[i]):
             opt.step()
         return loss.item()
-
-    def diagnostics(self) -> dict[str, float]:
-        return {**self.probe.last, **feedback_report(named_feedback_layers(self))}
-
-    def schedule_state(self) -> dict:
-        return {"diagnostics_step": self.probe.steps}
-
-    def load_schedule_state(self, state: dict) -> None:
-        self.probe.steps = state.get("diagnostics_step", 0)
 
 
 class GLL(Layerwise):
