@@ -9,9 +9,25 @@ from torch import Tensor
 from biossl.views.batch import Kind, ViewBatch
 
 
+def check_uint8_images(x: Tensor) -> None:
+    """Recipes take the dataset's uint8 (N, C, H, W) batches; anything else is a caller bug."""
+    if x.dim() != 4 or x.dtype != torch.uint8:
+        raise ValueError(f"view recipes take uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+
+
 def to_float(x: Tensor) -> Tensor:
     """uint8 (N, C, H, W) in [0, 255] → float in [-1, 1] (the encoders' input range)."""
     return x.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """uint8 → float in [0, 1], the domain the augmentations work in."""
+    return x.float().div_(255.0)
+
+
+def unit_to_input(v: Tensor) -> Tensor:
+    """[0, 1] → the encoders' input range [-1, 1], in place (as :func:`to_float`)."""
+    return v.mul_(2.0).sub_(1.0)
 
 
 class ViewRecipe:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from biossl.views.augment import Augment, Padding
-from biossl.views.base import ViewRecipe, to_float
+from biossl.views.base import ViewRecipe, check_uint8_images, to_float, to_unit, unit_to_input
 from biossl.views.batch import ViewBatch
 
 
@@ -41,26 +41,38 @@ def _out_hw(size: tuple[int, int] | None, image_shape: tuple[int, ...]) -> tuple
     return tuple(size) if size is not None else tuple(image_shape[-2:])
 
 
-def _uint8_images(x: Tensor) -> None:
-    if x.dim() != 4 or x.dtype != torch.uint8:
-        raise ValueError(f"view recipes take uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
-
-
 # ----------------------------------------------------------------------------- configs
 @dataclass
-class DeformConfig:
+class CropFlipConfig:
+    """Fields shared by the augmentation-pair recipes: the crop, the flip, and how often
+    the colour ops fire."""
     size: tuple[int, int] | None = None
     """Output [height, width] of every view; null: the image's own size."""
     scale: tuple[float, float] = (0.6, 1.0)
     """Range of the crop's area as a fraction of the image (0 < min <= max <= 1)."""
     ratio: tuple[float, float] = (0.75, 4 / 3)
     """Range of the crop's aspect ratio width/height (log-uniform)."""
+    flip_p: float = 0.5
+    """Probability of a horizontal flip."""
+    jitter_p: float = 0.8
+    """Probability that a view gets the colour jitter at all."""
+    grayscale_p: float = 0.2
+    """Probability that a view is turned grayscale (no-op on 1 channel)."""
+
+    def validate(self) -> None:
+        _check_size(self.size)
+        _check_range("scale", self.scale, 0.0, 1.0)
+        _check_range("ratio", self.ratio, 0.0, float("inf"))
+        for k in ("flip_p", "jitter_p", "grayscale_p"):
+            _check_in(k, getattr(self, k), 0.0, 1.0)
+
+
+@dataclass
+class DeformConfig(CropFlipConfig):
     translate: float = 0.1
     """Extra shift of up to ± this fraction of the image side per axis ("motion")."""
     degrees: float = 10.0
     """Rotation of up to ± this many degrees about the crop centre."""
-    flip_p: float = 0.5
-    """Probability of a horizontal flip."""
     padding: Padding = "zeros"
     """Fill for pixels shifted or rotated in from outside: zeros (black), border, reflection."""
     brightness: float = 0.4
@@ -71,48 +83,26 @@ class DeformConfig:
     """Saturation factor ~ U[1 − s, 1 + s] (blend with per-pixel grayscale; no-op on 1 channel)."""
     hue: float = 0.1
     """Hue shift ~ U(±hue) turns, a YIQ rotation (<= 0.5; no-op on 1 channel)."""
-    jitter_p: float = 0.8
-    """Probability that a view gets the colour jitter at all."""
-    grayscale_p: float = 0.2
-    """Probability that a view is turned grayscale (no-op on 1 channel)."""
 
     def validate(self) -> None:
-        _check_size(self.size)
-        _check_range("scale", self.scale, 0.0, 1.0)
-        _check_range("ratio", self.ratio, 0.0, float("inf"))
+        super().validate()
         _check_in("translate", self.translate, 0.0, 1.0)
         _check_in("degrees", self.degrees, 0.0, 180.0)
-        for k in ("flip_p", "jitter_p", "grayscale_p"):
-            _check_in(k, getattr(self, k), 0.0, 1.0)
         for k in ("brightness", "contrast", "saturation"):
             _check_in(k, getattr(self, k), 0.0, float("inf"))
         _check_in("hue", self.hue, 0.0, 0.5)
 
 
 @dataclass
-class SimCLRConfig:
-    size: tuple[int, int] | None = None
-    """Output [height, width] of every view; null: the image's own size."""
+class SimCLRConfig(CropFlipConfig):
     scale: tuple[float, float] = (0.08, 1.0)
     """Range of the random resized crop's area as a fraction of the image."""
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-    """Range of the crop's aspect ratio width/height (log-uniform)."""
-    flip_p: float = 0.5
-    """Probability of a horizontal flip."""
     strength: float = 1.0
     """Colour-distortion strength s: brightness, contrast, saturation 0.8·s, hue 0.2·s (s <= 2.5)."""
-    jitter_p: float = 0.8
-    """Probability that a view gets the colour jitter."""
-    grayscale_p: float = 0.2
-    """Probability that a view is turned grayscale (no-op on 1 channel)."""
 
     def validate(self) -> None:
-        _check_size(self.size)
-        _check_range("scale", self.scale, 0.0, 1.0)
-        _check_range("ratio", self.ratio, 0.0, float("inf"))
+        super().validate()
         _check_in("strength", self.strength, 0.0, 2.5)
-        for k in ("flip_p", "jitter_p", "grayscale_p"):
-            _check_in(k, getattr(self, k), 0.0, 1.0)
 
 
 @dataclass
@@ -140,19 +130,19 @@ class _AugmentPairs(ViewRecipe):
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> ViewBatch:
         """x uint8 (N, C, H, W) → ViewBatch x (2N, C, *out_hw) float in [-1, 1], kind 'pairs'."""
-        _uint8_images(x)
+        check_uint8_images(x)
         n = x.shape[0]
         # duplicate while still uint8 (a quarter of the bytes of float)
-        v = self.augment(torch.cat([x, x]).float().div_(255.0), generator)
-        return ViewBatch(v.mul_(2.0).sub_(1.0), n, "pairs")
+        v = self.augment(to_unit(torch.cat([x, x])), generator)
+        return ViewBatch(unit_to_input(v), n, "pairs")
 
     def eval_batch(self, x: Tensor) -> ViewBatch:
         """Whole image, resized (antialiased bilinear) to the views' size when it differs."""
         if tuple(x.shape[-2:]) == self.out_hw:
             return super().eval_batch(x)
-        y = F.interpolate(x.float().div_(255.0), size=self.out_hw, mode="bilinear",
+        y = F.interpolate(to_unit(x), size=self.out_hw, mode="bilinear",
                           align_corners=False, antialias=True).clamp_(0.0, 1.0)
-        return ViewBatch(y.mul_(2.0).sub_(1.0), x.shape[0], "plain")
+        return ViewBatch(unit_to_input(y), x.shape[0], "plain")
 
     def sample_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (image_shape[0], *self.out_hw)
@@ -204,6 +194,6 @@ class NoViews(ViewRecipe):
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> ViewBatch:
         """x uint8 (N, C, H, W) → ViewBatch x (2N, C, H, W): the image twice, in [-1, 1]."""
-        _uint8_images(x)
+        check_uint8_images(x)
         v = to_float(x)
         return ViewBatch(torch.cat([v, v]), x.shape[0], "pairs")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from biossl.views.augment import luminance
-from biossl.views.base import ViewRecipe, to_float
+from biossl.views.base import ViewRecipe, check_uint8_images, to_float
 from biossl.views.batch import ViewBatch
 
 
@@ -109,8 +109,7 @@ class SaccadeViews(ViewRecipe):
         self.grid = (grid_size(side_h, cfg.patch, cfg.stride), grid_size(side_w, cfg.patch, cfg.stride))
 
     def _prepare(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.dtype != torch.uint8:
-            raise ValueError(f"view recipes take uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+        check_uint8_images(x)
         v = to_float(x)
         # luminance weights sum to 1, so grayscale commutes with the [-1, 1] rescaling
         return luminance(v) if self.cfg.grayscale else v
