@@ -302,7 +302,6 @@ def test_rule_explicit_and_autograd_give_the_same_step(pool):
     batch = grid_batch(n=4)
     grads = {}
     for rule in (ra, re):
-        x = batch.x
         for i in range(3):  # zero learning: compare the gradients the optimizers would apply
             for g in rule.optimizers[i].param_groups:
                 g["lr"] = 0.0

@@ -21,6 +21,7 @@ import torch
 
 from biossl.assemble import assemble
 from biossl.config import RunConfig, apply_overrides, build_config, load_raw
+from biossl.train import autocast_for
 
 # (label, recipe, overrides, schedule epoch). GLL's cost depends on the stage it trains,
 # so it is measured at its first and last stage (the epoch selects the stage). The
@@ -69,7 +70,7 @@ def _trim_heap() -> None:
         pass
 
 
-def _reset_peak(device: torch.device) -> int:
+def reset_peak(device: torch.device) -> int:
     """Reset the peak counter; returns the current baseline in bytes."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -83,7 +84,7 @@ def _reset_peak(device: torch.device) -> int:
     return _proc_kb("VmRSS") * 1024
 
 
-def _peak(device: torch.device) -> int:
+def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
@@ -129,22 +130,20 @@ class _Cell:
 
     def steps(self, n: int) -> float:
         dev = self.asm.device
-        cast = (torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.train.precision == "bf16"
-                else torch.autocast(dev.type, enabled=False))
         _sync(dev)
         t = time.perf_counter()
         for _ in range(n):
             batch = self.asm.recipe(self.x, self.gen)
-            with cast:
+            with autocast_for(self.cfg, dev):
                 self.asm.rule.step(batch)
         _sync(dev)
         return (time.perf_counter() - t) / n
 
     def measure_peak(self, n: int) -> None:
         gc.collect()
-        base = _reset_peak(self.asm.device)
+        base = reset_peak(self.asm.device)
         self.steps(n)
-        self.peak_bytes = max(0, _peak(self.asm.device) - base)
+        self.peak_bytes = max(0, peak_bytes(self.asm.device) - base)
 
 
 def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,

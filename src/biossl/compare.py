@@ -21,17 +21,18 @@ import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from biossl.assemble import resolve_device
+from biossl.bench import peak_bytes, reset_peak
 from biossl.checkpoint import write_text_atomic
-from biossl.config import ConfigError, RunConfig, apply_overrides, build_config, coerce, from_dict, load_raw
+from biossl.config import ConfigError, RunConfig, apply_overrides, build_config, from_dict, load_raw
 from biossl.registry import OBJECTIVES, RULES
-from biossl.rules.base import CONDITIONS, plausibility
+from biossl.rules.base import CONDITION_TEXT, CONDITIONS, plausibility
 
 
 @dataclass
@@ -86,27 +87,6 @@ def cell_config(suite: Suite, cell: Cell, seed: int) -> RunConfig:
     return cfg
 
 
-def _peak_reset() -> int:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        for ln in Path("/proc/self/status").read_text().splitlines():
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _peak_since(base: int) -> float:
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    for ln in Path("/proc/self/status").read_text().splitlines():
-        if ln.startswith("VmHWM:"):
-            return max(0, int(ln.split()[1]) * 1024 - base) / 2**20
-    return float("nan")
-
-
 def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
     """Train (or resume) and probe one cell; returns and stores its result."""
     from biossl.run_eval import evaluate_run
@@ -114,10 +94,8 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
     result_path = cell_dir / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    import torch
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    base = _peak_reset()
+    device = resolve_device(cfg.train.device)
+    base = reset_peak(device)
     t0 = time.time()
     summary = {}
     if trained:
@@ -126,7 +104,7 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
     else:
         cell_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), cell_dir / "config.yaml")
-    peak = _peak_since(base)
+    peak = max(0, peak_bytes(device) - base) / 2**20
     # the suite probes random-init encoders once per (encoder, views, seed), not per cell
     rows = evaluate_run(cell_dir, ["eval.random_init=false"] if trained else [], trained=trained)
     label = rows[0].encoder_label
@@ -184,7 +162,8 @@ def format_markdown(suite: Suite, rows: list[dict], protocols: list[str]) -> str
              "Protocol: " + " | ".join(protocols) + ".", "",
              "Probe = linear probe test accuracy (%) on each stage's global-average-pooled output; "
              "kNN and 100/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
-             "(✓) or not (✗), for the rule with this objective. Peak MiB: growth of the process's "
+             "(✓) or not (✗), for the rule with this objective: "
+             + "; ".join(f"({c}) {CONDITION_TEXT[c]}" for c in CONDITIONS) + ". Peak MiB: growth of the process's "
              "peak resident memory during the cell (training and probing; the allocator reuses "
              "memory across cells, so compare rules with `biossl bench`, not with this column).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -267,7 +246,9 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
         plaus[cell.label] = plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
                                          OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
         key = f"random-init ({cfg.encoder.name}, {cfg.views.name})"
-        randoms.setdefault(key, (cfg, []))[1].append(seed) if seed not in randoms.get(key, (None, []))[1] else None
+        seeds = randoms.setdefault(key, (cfg, []))[1]
+        if seed not in seeds:
+            seeds.append(seed)
     for key, (cfg, seeds) in randoms.items():
         for seed in seeds:
             rcfg = build_config(apply_overrides(cfg.to_dict(), [f"train.seed={seed}", f"name={key}"]))
@@ -289,7 +270,7 @@ def main(args) -> int:
     if args.seeds:
         suite = dataclasses.replace(suite, seeds=list(args.seeds))
     out = Path(args.out or Path("results") / suite.name)
-    rows = run_suite(suite, out)
+    run_suite(suite, out)
     print((out / "results.md").read_text())
     print(f"written: {out / 'results.md'}, results.csv, results.png")
     return 0

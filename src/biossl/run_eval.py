@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from biossl.assemble import assemble, build_encoder
 from biossl.checkpoint import load, write_text_atomic

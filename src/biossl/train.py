@@ -79,7 +79,8 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _autocast(cfg: RunConfig, device: torch.device):
+def autocast_for(cfg: RunConfig, device: torch.device):
+    """bf16 autocast when ``train.precision=bf16``, else nothing."""
     if cfg.train.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -173,7 +174,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                     if cfg.train.channels_last and batch.x.dim() == 4 and device.type == "cuda":
                         batch.x = batch.x.contiguous(memory_format=torch.channels_last)
                     try:
-                        with _autocast(cfg, device):
+                        with autocast_for(cfg, device):
                             out = rule.step(batch)
                         if not math.isfinite(out["loss"]):
                             raise NonFiniteLoss(f"loss is {out['loss']}")

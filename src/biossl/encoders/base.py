@@ -43,6 +43,3 @@ class StageStack(nn.Module):
         p = next(self.parameters())
         x = torch.zeros(1, *in_shape, device=p.device, dtype=p.dtype)
         return [tuple(o.shape[1:]) for o in self.forward(x)]
-
-    def stage_parameters(self, i: int) -> list[nn.Parameter]:
-        return list(self.stages[i].parameters())

@@ -131,11 +131,6 @@ def check_finite(loss: Tensor, what: str) -> None:
         raise NonFiniteLoss(f"{what} is {loss.item()}")
 
 
-def freeze(module: nn.Module, frozen: bool = True) -> None:
-    for p in module.parameters():
-        p.requires_grad_(not frozen)
-
-
 def plausibility(rule_cls: type, rule_params, objective_cls: type, objective_params) -> dict[str, bool]:
     """Conditions (i)–(iv) for a configured rule × objective pair.
 
