@@ -56,8 +56,7 @@ def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
     spec = DATASETS.get(cfg.data.name).factory
     recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
     obj_cls = OBJECTIVES.get(cfg.objective.name).factory
-    want = getattr(obj_cls, "views_kind", "pairs")
-    accepts = getattr(obj_cls, "accepts_kinds", (want,))
+    accepts = obj_cls.accepts_kinds
     if recipe.kind not in accepts:
         fitting = [n for n in VIEWS.names() if getattr(VIEWS.get(n).factory, "kind", None) in accepts]
         raise ConfigError(

@@ -15,8 +15,9 @@ from biossl.views.batch import Kind, ViewBatch
 
 
 class Objective(nn.Module):
-    views_kind: ClassVar[Kind] = "pairs"
-    """The ViewBatch kind this objective consumes ('pairs' or 'grid')."""
+    accepts_kinds: ClassVar[tuple[Kind, ...]] = ("pairs",)
+    """The ViewBatch kinds this objective consumes ('pairs', 'grid'); the assembler checks
+    the view recipe against it."""
 
     stop_grad_first: bool = False
     """True when the first view enters only as stored (detached) activity: rules may then

@@ -81,7 +81,6 @@ def init_step_weights(steps: int, rows: int, cols: int) -> Tensor:
 class PredictiveObjective(Objective):
     """Base of ``clapp`` and ``infonce``: reads 'grid' or 'pairs' batches, own seeded generator."""
 
-    views_kind = "grid"
     accepts_kinds = ("grid", "pairs")
     """Saccade grids (the papers' setting) or augmentation pairs (a two-row grid)."""
 
