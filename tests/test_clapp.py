@@ -393,3 +393,15 @@ def test_configs_load(name):
     path = ROOT / "configs" / f"{name}.yaml"
     cfg = build_config(yaml.safe_load(path.read_text()))
     assert cfg.objective.name in ("clapp", "infonce")
+
+
+def test_pred_init_scales_w_pred_and_w_retro_and_is_validated():
+    torch.manual_seed(0)
+    full = ClappObjective(ClappConfig(steps=2), (8, 2, 2))
+    torch.manual_seed(0)
+    small = ClappObjective(ClappConfig(steps=2, pred_init=0.1), (8, 2, 2))
+    torch.testing.assert_close(small.w_pred.detach(), 0.1 * full.w_pred.detach())
+    torch.testing.assert_close(small.w_retro.detach(), 0.1 * full.w_retro.detach())
+    assert not torch.equal(small.w_retro.detach(), small.w_pred.detach().transpose(1, 2))
+    with pytest.raises(ValueError, match="pred_init"):
+        ClappConfig(pred_init=-1.0).validate()

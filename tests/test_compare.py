@@ -23,7 +23,8 @@ def test_suite_runs_once_and_resumes_nothing(tmp_path, monkeypatch):
     assert "bp-hinge" in labels and "bp-ntxent" in labels
     assert any(l.startswith("random-init") for l in labels)
     md = (tmp_path / "results.md").read_text()
-    assert "bp-hinge" in md and "±" in md and "(i)-(iv)" in md
+    assert "bp-hinge" in md and "±" in md and "(i)-(iv)" in md and "Δ top vs random" in md
+    assert "No row meets all four plausibility conditions." in md   # bp: weight transport
     assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
     hinge = next(r for r in rows if r["label"] == "bp-hinge")
@@ -69,3 +70,31 @@ def test_plausibility_of_rule_objective_pairs():
     assert not cond("rule.name=gll", "rule.feedback=urf", "objective.name=ntxent")["ii"]
     assert all(cond(config="fmnist-clapp").values())
     assert not cond(config="fmnist-clapp-s")["iii"]                                # transposed W_pred
+
+
+def test_a_cell_run_with_another_config_is_refused(tmp_path):
+    suite = Suite(name="tiny", seeds=[0], common=DIGITS, cells=[Cell("bp-hinge", "fmnist-bp-hinge")])
+    run_suite(suite, tmp_path, progress=False)
+    edited = Suite(name="tiny", seeds=[0], common=DIGITS + ["train.lr=0.0002"],
+                   cells=[Cell("bp-hinge", "fmnist-bp-hinge")])
+    with pytest.raises(compare.ConfigError, match=r"train\.lr: 0\.001 → 0\.0002.*delete that directory"):
+        run_suite(edited, tmp_path, progress=False)
+    # Deleting the cell re-runs it; the random-init row (which does not depend on lr) is kept.
+    import shutil
+    shutil.rmtree(tmp_path / "cells" / "bp-hinge-s0")
+    rows = run_suite(edited, tmp_path, progress=False)
+    assert {r["label"] for r in rows} >= {"bp-hinge", "random-init (convstack, deform)"}
+
+
+def test_verdict_names_the_plausible_rows_behind_random_init():
+    all4 = {c: True for c in compare.CONDITIONS}
+
+    def row(label, top, rule="gll", plausible=all4):
+        return {"label": label, "rule": rule, "encoder": "convstack", "views": "deform",
+                "n_stages": 2, "probe_s2": (top, 0.0), "plausible": plausible}
+    rows = [row("random-init (convstack, deform)", 79.0, rule="none", plausible={}),
+            row("gll-rf", 80.5), row("rll-rf", 78.0),
+            row("e2e-bp", 70.0, rule="bp", plausible={**all4, "iii": False})]
+    assert compare.top_gain(rows[1], rows) == pytest.approx(1.5)
+    verdict = compare.plausible_verdict(rows)
+    assert "1 of 2" in verdict and "rll-rf (-1.0)" in verdict and "e2e-bp" not in verdict

@@ -175,3 +175,45 @@ def test_bf16_autocast_runs_and_returns_parameter_dtype_grads():
     y.float().sum().backward()
     assert x.grad.dtype == torch.float32 and fb.weight.grad.dtype == torch.float32
     assert torch.isfinite(fb.weight.grad).all()
+
+
+def test_feedback_matches_w_initial_norm_also_for_a_small_head():
+    """B is drawn independently of W, then put at W's initial norm (one scalar): a head
+    initialised at 0.1× gets a 0.1× feedback matrix."""
+    from biossl.objectives.base import ProjectionHead
+    for scale in (1.0, 0.1):
+        torch.manual_seed(0)
+        head = ProjectionHead((16, 4, 4), dim=8, init_scale=scale)
+        to_feedback(head, "urf", torch.Generator().manual_seed(1))
+        (layer,) = feedback_layers(head)
+        torch.testing.assert_close(layer.feedback.norm(), layer.weight.detach().norm())
+        c = torch.corrcoef(torch.stack([layer.feedback.flatten(), layer.weight.detach().flatten()]))[0, 1]
+        assert abs(c.item()) < 0.3
+
+
+def _urf_alignment(head_init: float, steps: int = 30) -> float:
+    """cos(B, W) of a hinge head after ``steps`` Adam steps under urf."""
+    from biossl.objectives.hinge import HingeConfig, HingeObjective
+    from biossl.views.batch import ViewBatch
+    torch.manual_seed(0)
+    obj = HingeObjective(HingeConfig(head_init=head_init, tau=2 * head_init, delta=head_init,
+                                     negatives=5), (8, 3, 3))
+    to_feedback(obj, "urf", torch.Generator().manual_seed(1))
+    (layer,) = feedback_layers(obj)
+    opt = torch.optim.Adam(obj.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        h = torch.randn(32, 8, 3, 3, generator=g).relu()
+        opt.zero_grad()
+        obj(h, ViewBatch(h, 16, "pairs")).backward()
+        with mirrored_updates([layer]):
+            opt.step()
+    b, w = layer.feedback.flatten(), layer.weight.detach().flatten()
+    return torch.nn.functional.cosine_similarity(b, w, dim=0).item()
+
+
+def test_small_head_lets_urf_feedback_align_with_w():
+    """Why head_init exists: B − W stays at B₀ − W₀, so a small initial head leaves the shared
+    increments dominant and B close to W; at the default scale B stays far from W."""
+    small, default = _urf_alignment(0.1), _urf_alignment(1.0)
+    assert small > 0.3 and small > default + 0.5, (small, default)

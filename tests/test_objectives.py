@@ -115,3 +115,22 @@ def test_grad_block_detaches_first_view_and_head_sees_both():
     (gh,) = torch.autograd.grad(loss, h)
     assert gh[:6].abs().sum() == 0 and gh[6:].abs().sum() > 0
     assert obj.stop_grad_first
+
+
+def test_head_init_scales_the_head_and_is_validated():
+    torch.manual_seed(0)
+    w1 = HingeObjective(HingeConfig(), (8, 3, 3)).head.mlp[-1].weight.detach().clone()
+    torch.manual_seed(0)
+    w01 = HingeObjective(HingeConfig(head_init=0.1), (8, 3, 3)).head.mlp[-1].weight.detach()
+    torch.testing.assert_close(w01, 0.1 * w1)
+    with pytest.raises(ValueError, match="head_init"):
+        HingeConfig(head_init=0.0).validate()
+
+
+def test_hinge_is_homogeneous_so_scaled_thresholds_match_a_scaled_head():
+    """head_init c with (cτ, cδ) is the default head with (τ, δ), scaled by c."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
+    c = 0.1
+    torch.testing.assert_close(hinge_loss(c * z1, c * z2, c * 2.0, c * 1.0, negatives=3),
+                               c * hinge_loss(z1, z2, 2.0, 1.0, negatives=3))

@@ -87,11 +87,41 @@ def cell_config(suite: Suite, cell: Cell, seed: int) -> RunConfig:
     return cfg
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+RANDOM_INIT_KEYS = ("data.", "views.", "encoder.", "eval.", "train.seed")
+"""What a random-init row depends on (its config is borrowed from the family's first cell)."""
+
+
+def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | None = None) -> None:
+    """A cell directory is reused (finished or resumed) only for the config it was run with:
+    after a recipe or suite edit its stored result would silently describe another run.
+    ``only``: compare just the keys starting with these prefixes."""
+    stored_path = cell_dir / "config.yaml"
+    if not stored_path.is_file():
+        return
+    stored = _flat(yaml.safe_load(stored_path.read_text()) or {})
+    now = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    keys = {k for k in set(stored) | set(now) if only is None or k.startswith(only)}
+    changed = sorted(k for k in keys if stored.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {stored.get(k)!r} → {now.get(k)!r}" for k in changed[:6])
+        more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise ConfigError(f"{cell_dir} was run with another config ({shown}{more}); delete that "
+                          f"directory to re-run the cell, or give the suite another --out")
+
+
 def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
     """Train (or resume) and probe one cell; returns and stores its result."""
     from biossl.run_eval import evaluate_run
     from biossl.train import train
     result_path = cell_dir / "result.json"
+    check_same_config(cfg, cell_dir, None if trained else RANDOM_INIT_KEYS)
     if result_path.is_file():
         return json.loads(result_path.read_text())
     device = resolve_device(cfg.train.device)
@@ -153,15 +183,42 @@ def summarize(groups: dict[str, list[dict]], plaus: dict[str, dict]) -> list[dic
     return out
 
 
+def random_key(row: dict) -> str:
+    """Label of the random-init row a cell is compared with (same encoder and views)."""
+    return f"random-init ({row['encoder']}, {row['views']})"
+
+
+def top_gain(row: dict, rows: list[dict]) -> float:
+    """Top-stage linear probe minus its random-init row's (points); NaN without that row."""
+    ref = next((r for r in rows if r["label"] == random_key(row)), None)
+    if ref is None or row["rule"] == "none":
+        return float("nan")
+    return row[f"probe_s{row['n_stages']}"][0] - ref[f"probe_s{ref['n_stages']}"][0]
+
+
+def plausible_verdict(rows: list[dict]) -> str:
+    """One line: which fully plausible rows (all four conditions) beat their random-init row."""
+    full = [r for r in rows if r["plausible"] and all(r["plausible"].get(c) for c in CONDITIONS)]
+    if not full:
+        return "No row meets all four plausibility conditions."
+    ahead = [r["label"] for r in full if top_gain(r, rows) > 0]
+    behind = [f"{r['label']} ({top_gain(r, rows):+.1f})" for r in full if not top_gain(r, rows) > 0]
+    return (f"Rows meeting all four conditions (i)–(iv) that beat their random-init row on the "
+            f"top-stage linear probe: {len(ahead)} of {len(full)}"
+            + (f"; not: {', '.join(behind)}." if behind else "."))
+
+
 def format_markdown(suite: Suite, rows: list[dict], protocols: list[str]) -> str:
     stages = max(r["n_stages"] for r in rows)
     head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + \
-        ["kNN top", "100/class top", "images seen", "train s", "img/s", "peak MiB", "(i)-(iv)"]
+        ["Δ top vs random", "kNN top", "100/class top", "images seen", "train s", "img/s",
+         "peak MiB", "(i)-(iv)"]
     lines = [f"# {suite.name}", "", suite.description.strip(), "",
              f"Seeds: {suite.seeds}. Common overrides: `{' '.join(suite.common)}`.", "",
              "Protocol: " + " | ".join(protocols) + ".", "",
              "Probe = linear probe test accuracy (%) on each stage's global-average-pooled output; "
-             "kNN and 100/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
+             "Δ top vs random = top-stage probe minus that of the random-init row with the same "
+             "encoder and views; kNN and 100/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
              "(✓) or not (✗), for the rule with this objective: "
              + "; ".join(f"({c}) {CONDITION_TEXT[c]}" for c in CONDITIONS) + ". Peak MiB: growth of the process's "
              "peak resident memory during the cell (training and probing; the allocator reuses "
@@ -172,12 +229,15 @@ def format_markdown(suite: Suite, rows: list[dict], protocols: list[str]) -> str
         top = r["n_stages"]
         cells = [r["label"], r["rule"], r["objective"]]
         cells += [_fmt(*r[f"probe_s{s}"], n) if s <= top else "" for s in range(1, stages + 1)]
+        gain = top_gain(r, rows)
+        cells += ["—" if math.isnan(gain) else f"{gain:+.1f}"]
         cells += [_fmt(*r[f"knn_s{top}"], n), _fmt(*r[f"few_label_s{top}"], n),
                   f"{r['images_seen']:.0f}", f"{r['train_seconds']:.0f}",
                   "—" if math.isnan(r["images_per_s"]) else f"{r['images_per_s']:.0f}",
                   f"{r['peak_mib']:.0f}",
                   "".join("✓" if r["plausible"].get(c) else "✗" for c in CONDITIONS) if r["plausible"] else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", plausible_verdict(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -258,6 +318,8 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
                       f"{'finished' if (rdir / 'result.json').is_file() else 'running'}", flush=True)
             groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False))
     rows = summarize(groups, plaus)
+    for r in rows:
+        r["top_gain_vs_random"] = top_gain(r, rows)
     rows.sort(key=lambda r: (r["rule"] != "none", r["label"]))
     write_text_atomic(format_markdown(suite, rows, protocols), out / "results.md")
     write_csv(rows, out / "results.csv")

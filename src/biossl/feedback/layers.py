@@ -34,10 +34,18 @@ def canonical_mode(mode: str) -> str:
 
 
 def random_feedback(weight: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Kaiming-uniform B of W's shape, drawn independently of W (bound 1/√fan_in: the scale
-    of PyTorch's default W init, so ‖B‖ ≈ ‖W‖ at the start)."""
+    """Kaiming-uniform B of W's shape, drawn independently of W, then rescaled to W's initial
+    norm (one scalar, fixed at the start; for PyTorch's default init the factor is ≈ 1).
+
+    Why the rescale: a head initialised small (``head_init`` < 1) gets a feedback matrix of
+    the same small size, so under ``urf`` the fixed offset B − W = B₀ − W₀ is small and the
+    shared increments soon dominate it (B aligns with W).
+    """
     b = torch.empty(weight.shape, dtype=torch.float32)
     nn.init.kaiming_uniform_(b, a=math.sqrt(5), generator=generator)
+    w_norm = float(weight.detach().float().norm())
+    if w_norm > 0:
+        b.mul_(w_norm / float(b.norm()))
     b = b.to(device=weight.device, dtype=weight.dtype)
     if torch.equal(b, weight):
         # A generator seeded like the one that drew W replays W: that is weight transport.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from biossl.views.batch import Kind, ViewBatch
@@ -32,10 +33,11 @@ class ProjectionHead(nn.Module):
 
     ``pool`` is the output side of the adaptive average pool (1 = global pooling);
     for ``conv6`` Bio-SSL flattens 512×4×4 = 8192 features (pool=4 at 32×32 input).
+    ``init_scale`` multiplies the output layer's default initial weights.
     """
 
     def __init__(self, in_shape: tuple[int, ...], dim: int = 64, pool: int | None = 1,
-                 hidden: int | None = None):
+                 hidden: int | None = None, init_scale: float = 1.0):
         super().__init__()
         c = in_shape[0]
         spatial = in_shape[1:]
@@ -55,6 +57,10 @@ class ProjectionHead(nn.Module):
             layers += [nn.Linear(feat, hidden), nn.ReLU()]
             feat = hidden
         layers.append(nn.Linear(feat, dim, bias=False))
+        if init_scale <= 0:
+            raise ValueError(f"head init scale must be > 0, got {init_scale}")
+        with torch.no_grad():
+            layers[-1].weight.mul_(init_scale)
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, h: Tensor) -> Tensor:

@@ -94,6 +94,9 @@ class ClappConfig:
     retro_learning: Literal["mirror", "fixed"] = "mirror"
     """'mirror': W_retro receives the transposed Hebbian increment of W_pred (γ c zᵀ, local);
     'fixed': W_retro stays at its random initialisation (a buffer)."""
+    pred_init: float = 1.0
+    """Scale of the initial W_pred (and W_retro) (× nn.Linear's default ±1/√C). Small values
+    let a mirrored W_retro align with W_predᵀ sooner: their offset stays at its initial size."""
     seed: int | None = None
     """Seed of the objective's own draws (negatives, coins); None: torch's initial seed (the run
     seed). Every stage's objective starts from the same seed, so at each step all stages make
@@ -104,6 +107,8 @@ class ClappConfig:
             raise ValueError(f"steps must be ≥ 1, got {self.steps}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be ≥ 1, got {self.negatives}")
+        if self.pred_init <= 0:
+            raise ValueError(f"pred_init must be > 0, got {self.pred_init}")
 
 
 @dataclass
@@ -130,9 +135,9 @@ class ClappObjective(PredictiveObjective):
         self.cfg = cfg
         ch = in_shape[0]
         k = cfg.steps  # a pairs batch uses the first step only
-        self.w_pred = nn.Parameter(init_step_weights(k, ch, ch))
+        self.w_pred = nn.Parameter(init_step_weights(k, ch, ch, cfg.pred_init))
         if cfg.feedback == "retro":
-            retro = init_step_weights(k, ch, ch)  # independent draw: not W_predᵀ
+            retro = init_step_weights(k, ch, ch, cfg.pred_init)  # independent draw: not W_predᵀ
             if cfg.retro_learning == "mirror":
                 self.w_retro = nn.Parameter(retro)
             else:

@@ -113,12 +113,19 @@ class HingeConfig:
     """Head output dimension."""
     head_pool: int | None = 1
     """Head's adaptive average pool output side (1: global; None: flatten everything)."""
+    head_init: float = 1.0
+    """Scale of the head's initial weights (× PyTorch's default). A small head (0.1) lets
+    random feedback align: under ``urf`` the offset B − W stays at its (then small) initial
+    value while the shared increments grow. The loss is homogeneous in z, so scale ``tau``
+    and ``delta`` by the same factor to keep the hinge's working range."""
 
     def validate(self) -> None:
         if self.negatives is not None and self.negatives < 2:
             raise ValueError("negatives must be ≥ 2 (k = 1…n−1) or null for all pairs")
         if self.delta < 0:
             raise ValueError("delta must be ≥ 0")
+        if self.head_init <= 0:
+            raise ValueError(f"head_init must be > 0, got {self.head_init}")
 
 
 class HingeObjective(Objective):
@@ -131,7 +138,7 @@ class HingeObjective(Objective):
         super().__init__()
         self.cfg = cfg
         self.stop_grad_first = cfg.grad_block
-        self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool)
+        self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, init_scale=cfg.head_init)
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         z1, z2 = batch.split(self.head(h).float())

@@ -72,9 +72,9 @@ def context_future(grid: Tensor, offset: int) -> tuple[Tensor, Tensor]:
     return c, z
 
 
-def init_step_weights(steps: int, rows: int, cols: int) -> Tensor:
-    """(steps, rows, cols) matrices, uniform ±1/√cols (nn.Linear's default scale)."""
-    bound = 1.0 / cols ** 0.5
+def init_step_weights(steps: int, rows: int, cols: int, scale: float = 1.0) -> Tensor:
+    """(steps, rows, cols) matrices, uniform ±scale/√cols (scale 1: nn.Linear's default)."""
+    bound = scale / cols ** 0.5
     return torch.empty(steps, rows, cols).uniform_(-bound, bound)
 
 
