@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key=value override applied to every config")
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--out", default="bench.json", help="JSON output path")
+    s.add_argument("--out", default="results/bench.json", help="JSON output path")
     s.set_defaults(fn=_cmd_bench)
     s = sub.add_parser("compare", help="run a suite of configs and write the comparison table")
     s.add_argument("suite", help="suite name (biossl list) or a suite YAML")
