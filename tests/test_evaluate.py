@@ -192,3 +192,8 @@ def test_format_table_mixed_per_class():
     md = format_table(rows)
     assert "few-label" in md.splitlines()[0]
     assert "Protocol (a): p" in md and "Protocol (b): q" in md
+
+
+def test_format_table_names_a_disabled_few_label_probe():
+    md = format_table([ProbeRow("a", 1, 4, 50.0, 40.0, float("nan"), "p", 0)])
+    assert "few-label (off)" in md.splitlines()[0] and "0/class" not in md

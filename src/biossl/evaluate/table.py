@@ -121,7 +121,8 @@ def _pct(v: float) -> str:
 def format_table(rows: Sequence[ProbeRow]) -> str:
     """Markdown table (encoder, stage, dim, linear probe, kNN, N/class), then the protocol(s)."""
     per = {r.per_class for r in rows}
-    few = f"{per.pop()}/class" if len(per) == 1 else "few-label"
+    n = per.pop() if len(per) == 1 else None
+    few = "few-label" if n is None else (f"{n}/class" if n > 0 else "few-label (off)")
     lines = [f"| encoder | stage | dim | linear probe | kNN | {few} |",
              "|---|---|---|---|---|---|"]
     for r in rows:
