@@ -14,13 +14,10 @@ Without the dataset files, random uint8 images of the right shape are used.
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
 import torch
 
-from biossl.bench import bench_configs, format_bench, machine
+from biossl.bench import bench_configs, format_bench, write_bench_json
 from biossl.config import apply_overrides, build_config, load_raw
 
 
@@ -54,10 +51,7 @@ def main() -> int:
     print(format_bench(rows))
     for r in rows[1:]:
         print(f"{r['label']}: step time {r['step_time_vs_ref']:.2f}× e2e-bp")
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "recipe": args.recipe, "overrides": args.overrides, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_bench_json(rows, args.out, recipe=args.recipe, overrides=args.overrides)
     print(f"written: {args.out}")
     return 0
 

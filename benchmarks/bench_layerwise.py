@@ -11,14 +11,11 @@ mean over a full schedule (equal epochs per stage).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from biossl.bench import bench_configs, format_bench, machine
+from biossl.bench import bench_configs, format_bench, write_bench_json
 from biossl.config import apply_overrides, build_config, load_raw
 from biossl.registry import ENCODERS, load_all
 
@@ -79,10 +76,7 @@ def main() -> None:
     rows = bench_configs(build_cells(args.config, args.overrides), steps=args.steps,
                          warmup=args.warmup, rounds=args.rounds)
     rows = add_schedule_means(rows)
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "config": args.config,
-              "overrides": args.overrides, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    result = write_bench_json(rows, args.out, config=args.config, overrides=args.overrides)
     print(format_bench(rows))
     print(f"\nmachine: {result['machine']}\nwritten: {args.out}")
 

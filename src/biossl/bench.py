@@ -201,6 +201,14 @@ def format_bench(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_bench_json(rows: list[dict], out: str | Path, **meta) -> dict:
+    """Write ``{machine, date, **meta, rows}`` to ``out`` (parents created); returns it."""
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), **meta, "rows": rows}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def default_cells(overrides: list[str] = ()) -> list[tuple[str, RunConfig, int]]:
     return [(label, build_config(apply_overrides(load_raw(recipe), ov + list(overrides))), epoch)
             for label, recipe, ov, epoch in DEFAULT_CELLS]
@@ -214,9 +222,7 @@ def main(args) -> int:
         cells = default_cells(args.overrides)
     print(f"benchmarking {len(cells)} cells, {args.steps} steps each, reference {cells[0][0]}")
     rows = bench_configs(cells, steps=args.steps, warmup=args.warmup)
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    result = write_bench_json(rows, args.out)
     print(format_bench(rows))
     print(f"\nmachine: {result['machine']}\nwritten: {args.out}")
     return 0
