@@ -33,6 +33,7 @@ from biossl.checkpoint import write_text_atomic
 from biossl.config import ConfigError, RunConfig, apply_overrides, build_config, from_dict, load_raw
 from biossl.registry import OBJECTIVES, RULES
 from biossl.rules.base import CONDITION_TEXT, CONDITIONS, plausibility
+from biossl.train import RUN_CONFIG, run_config_text, save_run_config
 
 
 @dataclass
@@ -102,11 +103,11 @@ def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | No
     """A cell directory is reused (finished or resumed) only for the config it was run with:
     after a recipe or suite edit its stored result would silently describe another run.
     ``only``: compare just the keys starting with these prefixes."""
-    stored_path = cell_dir / "config.yaml"
+    stored_path = cell_dir / RUN_CONFIG
     if not stored_path.is_file():
         return
     stored = _flat(yaml.safe_load(stored_path.read_text()) or {})
-    now = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    now = _flat(yaml.safe_load(run_config_text(cfg)))  # the stored form: tuples as lists
     keys = {k for k in set(stored) | set(now) if only is None or k.startswith(only)}
     changed = sorted(k for k in keys if stored.get(k) != now.get(k))
     if changed:
@@ -119,7 +120,7 @@ def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | No
 def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
     """Train (or resume) and probe one cell; returns and stores its result."""
     from biossl.run_eval import evaluate_run
-    from biossl.train import train
+    from biossl.train import train  # looked up per call (tests replace it)
     result_path = cell_dir / "result.json"
     check_same_config(cfg, cell_dir, None if trained else RANDOM_INIT_KEYS)
     if result_path.is_file():
@@ -133,7 +134,7 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
         summary = train(None if ckpt.exists() else cfg, cell_dir, resume=ckpt.exists())
     else:
         cell_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), cell_dir / "config.yaml")
+        save_run_config(cfg, cell_dir)
     peak = max(0, peak_bytes(device) - base) / 2**20
     # the suite probes random-init encoders once per (encoder, views, seed), not per cell
     rows = evaluate_run(cell_dir, ["eval.random_init=false"] if trained else [], trained=trained)
@@ -183,9 +184,14 @@ def summarize(groups: dict[str, list[dict]], plaus: dict[str, dict]) -> list[dic
     return out
 
 
+def random_label(encoder: str, views: str) -> str:
+    """Label of the random-init row of a family (same encoder and views)."""
+    return f"random-init ({encoder}, {views})"
+
+
 def random_key(row: dict) -> str:
-    """Label of the random-init row a cell is compared with (same encoder and views)."""
-    return f"random-init ({row['encoder']}, {row['views']})"
+    """Label of the random-init row a cell is compared with."""
+    return random_label(row["encoder"], row["views"])
 
 
 def top_gain(row: dict, rows: list[dict]) -> float:
@@ -201,8 +207,9 @@ def plausible_verdict(rows: list[dict]) -> str:
     full = [r for r in rows if r["plausible"] and all(r["plausible"].get(c) for c in CONDITIONS)]
     if not full:
         return "No row meets all four plausibility conditions."
-    ahead = [r["label"] for r in full if top_gain(r, rows) > 0]
-    behind = [f"{r['label']} ({top_gain(r, rows):+.1f})" for r in full if not top_gain(r, rows) > 0]
+    gains = [(r["label"], top_gain(r, rows)) for r in full]
+    ahead = [label for label, g in gains if g > 0]
+    behind = [f"{label} ({g:+.1f})" for label, g in gains if not g > 0]
     return (f"Rows meeting all four conditions (i)–(iv) that beat their random-init row on the "
             f"top-stage linear probe: {len(ahead)} of {len(full)}"
             + (f"; not: {', '.join(behind)}." if behind else "."))
@@ -305,7 +312,7 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
         groups.setdefault(cell.label, []).append(res)
         plaus[cell.label] = plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
                                          OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
-        key = f"random-init ({cfg.encoder.name}, {cfg.views.name})"
+        key = random_label(cfg.encoder.name, cfg.views.name)
         seeds = randoms.setdefault(key, (cfg, []))[1]
         if seed not in seeds:
             seeds.append(seed)

@@ -38,10 +38,20 @@ class TrainingDiverged(RuntimeError):
 
 
 CHECKPOINT = "checkpoint.pt"
+RUN_CONFIG = "config.yaml"
+
+
+def run_config_text(cfg: RunConfig) -> str:
+    """The resolved config as a run directory stores it (every default written out)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_run_config(cfg: RunConfig, run_dir: str | Path) -> None:
+    write_text_atomic(run_config_text(cfg), Path(run_dir) / RUN_CONFIG)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); "
                           f"create one with: biossl train CONFIG --out {run_dir}")
@@ -119,7 +129,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume "
                               f"or choose another --out directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), run_dir / "config.yaml")
+    save_run_config(cfg, run_dir)
 
     asm: Assembly = assemble(cfg)
     rule, recipe, device = asm.rule, asm.recipe, asm.device
