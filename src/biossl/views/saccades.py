@@ -109,7 +109,7 @@ class SaccadeViews(ViewRecipe):
         self.grid = (grid_size(side_h, cfg.patch, cfg.stride), grid_size(side_w, cfg.patch, cfg.stride))
 
     def _prepare(self, x: Tensor) -> Tensor:
-        check_uint8_images(x)
+        """uint8 (already cropped: a quarter of the bytes of float) → float in [-1, 1]."""
         v = to_float(x)
         # luminance weights sum to 1, so grayscale commutes with the [-1, 1] rescaling
         return luminance(v) if self.cfg.grayscale else v
@@ -120,9 +120,10 @@ class SaccadeViews(ViewRecipe):
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> ViewBatch:
         """x uint8 (N, C, H, W) → ViewBatch x (N·rows·cols, C', patch, patch) in [-1, 1], 'grid'."""
-        v = self._prepare(x)
+        check_uint8_images(x)
         if self.cfg.crop is not None:
-            v = random_crop(v, self.cfg.crop, generator)
+            x = random_crop(x, self.cfg.crop, generator)
+        v = self._prepare(x)
         if self.cfg.flip:
             flip = torch.rand(v.shape[0], generator=generator, device=generator.device) < 0.5
             v = torch.where(flip.to(v.device).view(-1, 1, 1, 1), v.flip(-1), v)
@@ -130,10 +131,10 @@ class SaccadeViews(ViewRecipe):
 
     def eval_batch(self, x: Tensor) -> ViewBatch:
         """Deterministic grid of the (centre-cropped) image: probes read the patch-averaged features."""
-        v = self._prepare(x)
+        check_uint8_images(x)
         if self.cfg.crop is not None:
-            v = center_crop(v, self.cfg.crop)
-        return self._grid_batch(v)
+            x = center_crop(x, self.cfg.crop)
+        return self._grid_batch(self._prepare(x))
 
     def sample_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         c = 1 if self.cfg.grayscale else image_shape[0]
