@@ -98,6 +98,13 @@ class Rule(nn.Module):
 
 
 # ---- helpers shared by rules -----------------------------------------------------------
+def stage_optimizers(encoder: StageStack, objectives: Sequence[nn.Module], train) -> list[torch.optim.Optimizer]:
+    """One optimizer per stage over that stage's weights and its own objective's (head, W_pred):
+    what every rule with per-stage losses (layer-wise, layer-local) updates together."""
+    return [make_optimizer(list(s.parameters()) + list(o.parameters()), train)
+            for s, o in zip(encoder.stages, objectives)]
+
+
 def make_optimizer(params: Iterable[nn.Parameter], train) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if not params:

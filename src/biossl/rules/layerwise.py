@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from biossl.feedback import check_mode, feedback_generator, feedback_layers, mirrored_updates, to_feedback
-from biossl.rules.base import Rule, check_finite, forward_views, make_optimizer
+from biossl.rules.base import Rule, check_finite, forward_views, stage_optimizers
 from biossl.rules.bp import Feedback
 from biossl.rules.diagnostics import FeedbackDiagnostics, GradientAngleProbe
 from biossl.views.batch import ViewBatch
@@ -61,8 +61,7 @@ class Layerwise(FeedbackDiagnostics, Rule):
             to_feedback(obj, self.feedback, gen)
         self._layers = [feedback_layers(s, o) for s, o in zip(encoder.stages, self.objectives)]
         self.probe = GradientAngleProbe(cfg.diagnostics_every, [l for ls in self._layers for l in ls])
-        self.optimizers = [make_optimizer(list(s.parameters()) + list(o.parameters()), train)
-                           for s, o in zip(encoder.stages, self.objectives)]
+        self.optimizers = stage_optimizers(encoder, self.objectives, train)
 
     @classmethod
     def plausible_for(cls, cfg) -> dict[str, bool]:

@@ -22,7 +22,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from biossl.rules.base import Rule, check_finite, make_optimizer
+from biossl.rules.base import Rule, check_finite, stage_optimizers
 from biossl.rules.clapp_explicit import check_stage, forward_traced, local_gradients
 from biossl.views.batch import ViewBatch
 
@@ -57,8 +57,7 @@ class LayerLocal(Rule):
                                      f"(explicit_backward); {type(obj).__name__} has none — use "
                                      f"mode 'autograd'")
                 check_stage(stage)
-        self.optimizers = [make_optimizer(list(s.parameters()) + list(o.parameters()), train)
-                           for s, o in zip(encoder.stages, self.objectives)]
+        self.optimizers = stage_optimizers(encoder, self.objectives, train)
 
     def step_stage(self, i: int, x: Tensor, batch: ViewBatch) -> tuple[Tensor, float]:
         """One update of stage i from its input x; returns (detached output, loss).
