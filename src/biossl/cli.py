@@ -67,15 +67,15 @@ def _cmd_train(args) -> int:
 
 def _eval(run_dir, overrides) -> int:
     from biossl.evaluate import format_table
-    from biossl.run_eval import evaluate_run
+    from biossl.run_eval import evaluate_run, probe_path
     rows = evaluate_run(run_dir, overrides)
     print(format_table(rows))
-    print(f"\nwritten: {Path(run_dir) / 'probe.csv'}, probe.md, probe.png")
+    print(f"\nwritten: {probe_path(run_dir, overrides)}.csv, .md, .png")
     return 0
 
 
 def _cmd_eval(args) -> int:
-    return _eval(args.run_dir, args.overrides)
+    return _eval(args.run_dir, list(args.overrides) + list(args.set_overrides))
 
 
 def _cmd_bench(args) -> int:
@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_train)
     s = sub.add_parser("eval", help="per-stage probe table of a run (and its random-init encoder)")
     s.add_argument("run_dir")
-    s.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.dataset=cifar10")
+    s.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.dataset=digits")
+    s.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an eval.* override (repeatable), e.g. --set eval.dataset=digits: a probe "
+                        "dataset of another image size is resized to the training shape (eval.resize)")
     s.set_defaults(fn=_cmd_eval)
     s = sub.add_parser("bench", help="step time, images/s, peak memory per rule vs e2e-bp")
     s.add_argument("configs", nargs="*", help="configs to bench (default: one per registered rule)")

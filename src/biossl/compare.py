@@ -58,6 +58,9 @@ class Suite:
     """Overrides applied to every cell: the shared budget and protocol."""
     description: str = ""
     """What the suite reproduces and what it needs (data, device)."""
+    transfer: list[str] = field(default_factory=list)
+    """Datasets every cell's frozen encoder (and each random-init row) is also probed on,
+    per stage; images of another shape are resized to the training shape (eval.resize)."""
 
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
@@ -117,14 +120,41 @@ def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | No
                           f"directory to re-run the cell, or give the suite another --out")
 
 
-def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
-    """Train (or resume) and probe one cell; returns and stores its result."""
+def _stage_results(rows: list) -> dict:
+    """Per-stage probe / kNN / few-label lists of one encoder's probe rows."""
+    label = rows[0].encoder_label
+    mine = [r for r in rows if r.encoder_label == label]
+    return {"probe": [r.probe for r in mine], "knn": [r.knn for r in mine],
+            "few_label": [r.few_label for r in mine]}
+
+
+def add_transfer(res: dict, cell_dir: Path, datasets: list[str], trained: bool) -> bool:
+    """Probe the cell's encoder on each transfer dataset it lacks; True when ``res`` grew.
+    Computed after the fact, so adding a transfer dataset to a suite never retrains a cell."""
+    from biossl.run_eval import evaluate_run
+    grew = False
+    for ds in datasets:
+        if ds in res.setdefault("transfer", {}):
+            continue
+        rows = evaluate_run(cell_dir, [f"eval.dataset={ds}"] + (["eval.random_init=false"] if trained else []),
+                            trained=trained)
+        res["transfer"][ds] = {**_stage_results(rows), "protocol": rows[0].protocol}
+        grew = True
+    return grew
+
+
+def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: list[str] = ()) -> dict:
+    """Train (or resume) and probe one cell (also on each ``transfer`` dataset); returns and
+    stores its result."""
     from biossl.run_eval import evaluate_run
     from biossl.train import train  # looked up per call (tests replace it)
     result_path = cell_dir / "result.json"
     check_same_config(cfg, cell_dir, None if trained else RANDOM_INIT_KEYS)
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        res = json.loads(result_path.read_text())
+        if add_transfer(res, cell_dir, list(transfer), trained):
+            write_text_atomic(json.dumps(res, indent=1), result_path)
+        return res
     device = resolve_device(cfg.train.device)
     base = reset_peak(device)
     t0 = time.time()
@@ -138,18 +168,16 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True) -> dict:
     peak = max(0, peak_bytes(device) - base) / 2**20
     # the suite probes random-init encoders once per (encoder, views, seed), not per cell
     rows = evaluate_run(cell_dir, ["eval.random_init=false"] if trained else [], trained=trained)
-    label = rows[0].encoder_label
     res = {"label": cfg.name, "seed": cfg.train.seed, "rule": cfg.rule.name if trained else "none",
            "objective": cfg.objective.name if trained else "—", "encoder": cfg.encoder.name,
            "views": cfg.views.name,
-           "probe": [r.probe for r in rows if r.encoder_label == label],
-           "knn": [r.knn for r in rows if r.encoder_label == label],
-           "few_label": [r.few_label for r in rows if r.encoder_label == label],
+           **_stage_results(rows),
            "protocol": rows[0].protocol,
            "images_seen": summary.get("steps", 0) * cfg.train.batch_size,
            "train_seconds": summary.get("train_seconds", 0.0),
            "images_per_s": summary.get("images_per_s", float("nan")),
            "peak_mib": peak, "wall_seconds": time.time() - t0}
+    add_transfer(res, cell_dir, list(transfer), trained)
     write_text_atomic(json.dumps(res, indent=1), result_path)
     return res
 
@@ -176,8 +204,15 @@ def summarize(groups: dict[str, list[dict]], plaus: dict[str, dict]) -> list[dic
         for metric in ("probe", "knn", "few_label"):
             for s in range(n_stages):
                 row[f"{metric}_s{s + 1}"] = _mean_std([r[metric][s] for r in results])
+        for ds in results[0].get("transfer", {}):
+            for metric in ("probe", "knn"):
+                for s in range(n_stages):
+                    row[f"transfer_{ds}_{metric}_s{s + 1}"] = _mean_std(
+                        [r["transfer"][ds][metric][s] for r in results if ds in r.get("transfer", {})])
         for k in ("train_seconds", "images_per_s", "peak_mib", "images_seen"):
             row[k] = _mean_std([float(r[k]) for r in results])[0]
+        for ds, t in results[0].get("transfer", {}).items():
+            row[f"transfer_{ds}_protocol"] = t.get("protocol", "")
         row["plausible"] = plaus.get(label, {})
         row["n_stages"] = n_stages
         out.append(row)
@@ -245,7 +280,30 @@ def format_markdown(suite: Suite, rows: list[dict], protocols: list[str]) -> str
                   "".join("✓" if r["plausible"].get(c) else "✗" for c in CONDITIONS) if r["plausible"] else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", plausible_verdict(rows)]
+    for ds in suite.transfer:
+        lines += [""] + transfer_markdown(ds, rows, stages, n)
     return "\n".join(lines) + "\n"
+
+
+def transfer_markdown(ds: str, rows: list[dict], stages: int, seeds: int) -> list[str]:
+    """Table lines: every row's frozen encoder probed on ``ds`` per stage, Δ vs its random row."""
+    key = f"transfer_{ds}_probe_s"
+    protocol = next((p for p in (r.get(f"transfer_{ds}_protocol") for r in rows) if p), "")
+    head = ["cell"] + [f"{ds} probe s{s}" for s in range(1, stages + 1)] + ["Δ top vs random", f"{ds} kNN top"]
+    lines = [f"## Transfer: linear probe on {ds}", "",
+             f"The same frozen encoders, probed on `{ds}`" + (f" ({protocol})" if protocol else "") + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        top = r["n_stages"]
+        if f"{key}{top}" not in r:
+            continue
+        ref = next((x for x in rows if x["label"] == random_key(r)), None)
+        gain = (float("nan") if ref is None or r["rule"] == "none" or f"{key}{ref['n_stages']}" not in ref
+                else r[f"{key}{top}"][0] - ref[f"{key}{ref['n_stages']}"][0])
+        cells = [r["label"]] + [_fmt(*r[f"{key}{s}"], seeds) if s <= top else "" for s in range(1, stages + 1)]
+        cells += ["—" if math.isnan(gain) else f"{gain:+.1f}", _fmt(*r[f"transfer_{ds}_knn_s{top}"], seeds)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -306,7 +364,7 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
         state = "finished" if (cell_dir / "result.json").is_file() else "running"
         if progress:
             print(f"[{i + 1}/{len(plan)}] {cell.label} seed {seed}: {state}", flush=True)
-        res = run_cell(cfg, cell_dir)
+        res = run_cell(cfg, cell_dir, transfer=suite.transfer)
         if res["protocol"] not in protocols:
             protocols.append(res["protocol"])
         groups.setdefault(cell.label, []).append(res)
@@ -323,7 +381,7 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
             if progress:
                 print(f"[random] {key} seed {seed}: "
                       f"{'finished' if (rdir / 'result.json').is_file() else 'running'}", flush=True)
-            groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False))
+            groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False, transfer=suite.transfer))
     rows = summarize(groups, plaus)
     for r in rows:
         r["top_gain_vs_random"] = top_gain(r, rows)

@@ -83,6 +83,10 @@ class EvalConfig:
     """Labels per class of the few-label probe (0 disables it)."""
     dataset: str | None = None
     """Labelled dataset to probe (transfer); None: the training dataset."""
+    resize: bool = True
+    """When the probe dataset's image shape differs from the training images', map it to
+    the training shape (bilinear, antialiased when shrinking; gray→RGB by repetition,
+    RGB→gray by luminance; see biossl.data.resize); false: refuse."""
     max_train: int | None = None
     """Use at most N labelled training images (None: all)."""
     max_test: int | None = None

@@ -7,18 +7,35 @@ from pathlib import Path
 
 from biossl.assemble import assemble, build_encoder
 from biossl.checkpoint import load, write_text_atomic
-from biossl.config import apply_overrides, build_config
+from biossl.config import ConfigError, RunConfig, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
+from biossl.data.resize import fit_images, resize_note
 from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
 from biossl.train import CHECKPOINT, load_run_config
+
+
+def _eval_config(run_dir: Path, overrides) -> RunConfig:
+    cfg = load_run_config(run_dir)
+    if overrides:
+        cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
+    return cfg
+
+
+def _probe_stem(run_dir: Path, cfg: RunConfig) -> Path:
+    """probe.* for the training dataset; probe-DATASET.* for a transfer probe (kept beside it)."""
+    dataset = cfg.eval.dataset or cfg.data.name
+    return Path(run_dir) / ("probe" if dataset == cfg.data.name else f"probe-{dataset}")
+
+
+def probe_path(run_dir: str | Path, overrides: list[str] = ()) -> Path:
+    """Stem of the files ``evaluate_run(run_dir, overrides)`` writes (.csv, .md, .png)."""
+    return _probe_stem(Path(run_dir), _eval_config(Path(run_dir), overrides))
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
                  trained: bool = True) -> list:
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    if overrides:
-        cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
+    cfg = _eval_config(run_dir, overrides)
     asm = assemble(cfg)
     rows = []
     dataset = cfg.eval.dataset or cfg.data.name
@@ -31,9 +48,17 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
         tr_x, tr_y = tr_x[: cfg.eval.max_train], tr_y[: cfg.eval.max_train]
     if cfg.eval.max_test:
         te_x, te_y = te_x[: cfg.eval.max_test], te_y[: cfg.eval.max_test]
+    note = ""
     if tuple(spec.image_shape) != tuple(asm.spec.image_shape):
-        raise ValueError(f"cannot probe {dataset} {tuple(spec.image_shape)} with an encoder trained on "
-                         f"{cfg.data.name} {tuple(asm.spec.image_shape)}: image shapes differ")
+        if not cfg.eval.resize:
+            raise ConfigError(f"cannot probe {dataset} {tuple(spec.image_shape)} with an encoder trained on "
+                              f"{cfg.data.name} {tuple(asm.spec.image_shape)}: image shapes differ; set "
+                              f"eval.resize=true to resize the probe images")
+        try:
+            tr_x, te_x = fit_images(tr_x, asm.spec.image_shape), fit_images(te_x, asm.spec.image_shape)
+        except ValueError as e:
+            raise ConfigError(f"cannot probe {dataset} with an encoder trained on {cfg.data.name}: {e}") from None
+        note = resize_note(spec.image_shape, asm.spec.image_shape)
     encoders, budgets = [], {}
     if trained:
         state = load(run_dir / CHECKPOINT, map_location="cpu")
@@ -47,7 +72,10 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
                                  spec.num_classes, asm.device, seed=cfg.train.seed,
                                  progress=True if progress is None else progress)
         budgets[label] = seen
-    out = run_dir / "probe"
+    if note:
+        for r in rows:
+            r.protocol = f"{r.protocol} | {dataset} {note}"
+    out = _probe_stem(run_dir, cfg)
     write_csv(rows, out.with_suffix(".csv"))
     table = format_table(rows)
     budget = "; ".join(f"{k}: {v} images seen in SSL" for k, v in budgets.items())
