@@ -8,6 +8,7 @@ a typo names the key and lists the allowed ones.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import types
 import typing
@@ -307,21 +308,32 @@ def _deepcopy(x: Any) -> Any:
     return x
 
 
+RECIPES_DIR = Path(str(importlib.resources.files("biossl") / "configs"))
+"""The packaged recipes (``biossl train NAME``); found next to the installed package, so
+every command works from any folder and from a non-editable install."""
+SUITES_DIR = RECIPES_DIR / "suites"
+"""The packaged suites (``biossl compare NAME``)."""
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes, sorted."""
+    return sorted(q.stem for q in RECIPES_DIR.glob("*.yaml"))
+
+
 def find_recipe(name_or_path: str) -> Path:
-    """A YAML path, or the name of a recipe under the repository's ``configs/``."""
-    p = Path(name_or_path)
+    """A YAML path, or the name of a packaged recipe (``biossl list``)."""
+    p = Path(name_or_path).expanduser()
     if p.is_file():
         return p
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
-        for cand in (base / name_or_path, base / f"{name_or_path}.yaml"):
-            if cand.is_file():
-                return cand
-    known = sorted(q.stem for q in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-    raise ConfigError(f"config {name_or_path!r} not found: give a YAML path or one of the "
-                      f"recipes in configs/: {', '.join(known)}")
+    for cand in (RECIPES_DIR / name_or_path, RECIPES_DIR / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config {name_or_path!r} not found: give a YAML path or the name of "
+                      f"a packaged recipe (biossl list): {', '.join(recipe_names())}")
 
 
 def load_raw(path: str | Path) -> dict:
+    """The raw mapping of a recipe: a YAML path or a packaged recipe name."""
     path = find_recipe(str(path))
     try:
         raw = yaml.safe_load(path.read_text()) or {}
