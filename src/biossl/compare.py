@@ -1,7 +1,7 @@
 """``biossl compare SUITE``: a suite of (rule × objective × encoder) cells under one budget,
 one set of seeds and the shared probe protocol, written as markdown, CSV and a plot.
 
-A suite is a YAML file under ``configs/suites/``::
+A suite is a YAML file (the packaged ones: ``biossl/configs/suites/``)::
 
     name: fmnist-quick
     seeds: [0]

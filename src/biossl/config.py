@@ -37,7 +37,8 @@ class DataConfig:
     name: str = "fashion-mnist"
     """Registered dataset (``biossl list``) used for self-supervised training."""
     root: str | None = None
-    """Directory holding the dataset files; default: $BIOSSL_DATA, the user cache, system paths."""
+    """Directory holding the dataset files, used or refused (no other copy is read instead);
+    None: $BIOSSL_DATA if set (likewise), else the user cache, system paths, a download."""
     download: bool = True
     """Download (with checksum verification) when the files are missing and a network is reachable."""
     train_subset: PositiveInt | None = None
