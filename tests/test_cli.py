@@ -103,9 +103,24 @@ def test_dtp_with_batchnorm_is_a_message_naming_the_fix(capsys, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_without_a_gpu_is_a_message(capsys, tmp_path):
-    assert cli(["train", "fmnist-bp-hinge", "train.device=cuda", *TINY, "--out", str(tmp_path / "r")]) == 2
-    assert "train.device='cuda' but no CUDA device is available; use train.device=cpu" in capsys.readouterr().err
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_message(capsys, tmp_path, device):
+    assert cli(["train", "fmnist-bp-hinge", f"train.device={device}", *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert (f"train.device='{device}' but no CUDA device is available; use train.device=cpu"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_index_beyond_the_gpus_is_a_message(capsys, tmp_path):
+    n = torch.cuda.device_count()
+    assert cli(["train", "fmnist-bp-hinge", f"train.device=cuda:{n}", *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert f"has {n} CUDA device(s)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_mps_without_apple_gpu_is_a_message(capsys, tmp_path):
+    assert cli(["train", "fmnist-bp-hinge", "train.device=mps", *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert "train.device='mps' but MPS (Apple GPU) is not available" in capsys.readouterr().err
 
 
 def test_empty_data_root_is_refused_not_replaced(capsys, tmp_path):
