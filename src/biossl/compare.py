@@ -57,11 +57,11 @@ class Suite:
     """Every cell runs once per seed; the table reports mean ± std."""
     common: list[str] = field(default_factory=list)
     """Overrides applied to every cell: the shared budget and protocol."""
-    description: str = ""
-    """What the suite reproduces and what it needs (data, device)."""
     path: Path | None = None
     """The suite file (set by :func:`load_suite`); a user's suite finds its cells' recipes
     next to it first, then among the packaged recipes."""
+    description: str = ""
+    """What the suite reproduces and what it needs (data, device)."""
 
 
 def find_suite(name: str) -> Path:
