@@ -1,13 +1,12 @@
 """CLAPP: predictive hinge, γ, asymmetric W_retro, explicit rule = autograd, stage locality."""
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from biossl.config import ConfigError, TrainConfig, build_config, from_dict
+from biossl.config import RECIPES_DIR, ConfigError, TrainConfig, build_config, from_dict
 from biossl.encoders.convstack import ConvStackConfig, convstack
 from biossl.objectives.clapp import ClappConfig, ClappObjective, RetroScore, clapp_gamma
 from biossl.objectives.infonce import InfoNCEConfig, InfoNCEObjective
@@ -17,7 +16,6 @@ from biossl.rules.local import LayerLocal, LocalConfig
 from biossl.views.batch import ViewBatch
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def grid_batch(n=4, rows=6, cols=6, ch=1, side=8, dtype=torch.float64, seed=0):
@@ -390,7 +388,7 @@ def test_infonce_prefers_the_true_future():
                                   "clapp-stl10", "clapp-stl10-explicit"])
 def test_configs_load(name):
     import yaml
-    path = ROOT / "configs" / f"{name}.yaml"
+    path = RECIPES_DIR / f"{name}.yaml"
     cfg = build_config(yaml.safe_load(path.read_text()))
     assert cfg.objective.name in ("clapp", "infonce")
 

@@ -234,8 +234,10 @@ def test_cifar10_from_tar_gz_extracts_into_cache(tmp_path, monkeypatch):
     extracted = locate.cache_dir("cifar10") / "cifar-10-batches-py" / "test_batch"
     assert extracted.is_file()
     assert not [p for p in locate.cache_dir("cifar10").iterdir() if p.name.startswith(".")]
-    (data / "cifar-10-python.tar.gz").unlink()  # the second load reads the extracted cache
-    assert len(load_dataset("cifar10", "train", download=False)) == 15
+    # The second load reads the extraction: a broken archive is not opened again.
+    (data / "cifar-10-python.tar.gz").write_bytes(b"not a tar.gz")
+    train = load_dataset("cifar10", "train", download=False)
+    assert len(train) == 15 and train.source == str(extracted.parent)
 
 
 def test_cifar100_fine_labels(tmp_path):
@@ -373,34 +375,66 @@ def test_registry_names_and_spec_attributes():
 
 
 # --------------------------------------------------------------------------- lookup
-def test_missing_dataset_lists_dirs_and_fixes(tmp_path, monkeypatch):
-    env = tmp_path / "env"
-    monkeypatch.setenv("BIOSSL_DATA", str(env))
+def test_missing_dataset_lists_dirs_and_fixes(tmp_path):
     with pytest.raises(DatasetError) as e:
-        FashionMNIST().load("train", root=tmp_path / "given", download=False)
+        FashionMNIST().load("train", download=False)
     msg = str(e.value)
-    for d in (tmp_path / "given", tmp_path / "given" / "fashion-mnist", env / "fashion-mnist", env,
-              tmp_path / "cache" / "biossl" / "fashion-mnist", tmp_path / "system" / "fashion-mnist"):
-        assert f"  {d}  [" in msg
+    for d in (tmp_path / "cache" / "biossl" / "fashion-mnist", tmp_path / "system" / "fashion-mnist"):
+        assert f"  {d}  [" in msg and "does not exist]" in msg
     assert "train-images-idx3-ubyte.gz" in msg and "train-labels-idx1-ubyte.gz" in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "BIOSSL_DATA=" in msg
     assert "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-images-idx3-ubyte.gz" in msg
     assert "download=False" in msg
 
 
-def test_search_order_root_env_cache_system(tmp_path, monkeypatch):
+def test_search_order_root_then_env_then_cache_and_system(tmp_path, monkeypatch):
+    """An explicit location is the whole search; the default search is cache, then system."""
     monkeypatch.setenv("BIOSSL_DATA", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
-    dirs = [d for d, _ in locate.search_dirs("cifar10", tmp_path / "r")]
-    assert dirs == [tmp_path / "r", tmp_path / "r" / "cifar10", tmp_path / "a" / "cifar10",
-                    tmp_path / "a", tmp_path / "b" / "cifar10", tmp_path / "b",
-                    tmp_path / "cache" / "biossl" / "cifar10", tmp_path / "system" / "cifar10"]
-    # The first directory holding every file wins.
-    for where, n in (("a/fashion-mnist", 3), ("system/fashion-mnist", 4)):
+    assert [d for d, _ in locate.search_dirs("cifar10", tmp_path / "r")] == [
+        tmp_path / "r", tmp_path / "r" / "cifar10"]
+    assert [d for d, _ in locate.search_dirs("cifar10")] == [
+        tmp_path / "a" / "cifar10", tmp_path / "a", tmp_path / "b" / "cifar10", tmp_path / "b"]
+    monkeypatch.delenv("BIOSSL_DATA")
+    assert [d for d, _ in locate.search_dirs("cifar10")] == [
+        tmp_path / "cache" / "biossl" / "cifar10", tmp_path / "system" / "cifar10"]
+    # The first directory holding every file wins, and the set says where it was read.
+    for where, n in (("b/fashion-mnist", 3), ("cache/biossl/fashion-mnist", 4), ("system/fashion-mnist", 5)):
         x, y = small_idx(n)
         write_idx_split(tmp_path / where, "t10k", x, y)
-    assert len(FashionMNIST().load("test", download=False)) == 3
-    monkeypatch.delenv("BIOSSL_DATA")
-    assert len(FashionMNIST().load("test", download=False)) == 4
+    got = FashionMNIST().load("test", download=False)
+    assert len(got) == 4 and got.source == str(tmp_path / "cache" / "biossl" / "fashion-mnist")
+    monkeypatch.setenv("BIOSSL_DATA", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    got = FashionMNIST().load("test", download=False)
+    assert len(got) == 3 and got.source == str(tmp_path / "b" / "fashion-mnist")
+    got = FashionMNIST().load("test", root=tmp_path / "system", download=False)
+    assert len(got) == 5 and got.source == str(tmp_path / "system" / "fashion-mnist")
+
+
+@pytest.mark.parametrize("how", ["root-missing", "root-empty", "env-missing", "env-empty"])
+def test_explicit_location_without_the_files_is_refused_not_replaced(tmp_path, monkeypatch, how):
+    """data.root or $BIOSSL_DATA naming a missing or empty folder is an error even though
+    the cache holds the dataset and a download would work: nothing else is read instead."""
+    x, y = small_idx(4)
+    write_idx_split(tmp_path / "cache" / "biossl" / "fashion-mnist", "t10k", x, y)
+    _, blobs = _fmnist_test_blobs()
+    served = fake_network(monkeypatch, _fmnist_remotes_for(monkeypatch, blobs))
+    given = tmp_path / "given"
+    if how.endswith("empty"):
+        given.mkdir()
+    root = given if how.startswith("root") else None
+    if how.startswith("env"):
+        monkeypatch.setenv("BIOSSL_DATA", str(given))
+    with pytest.raises(DatasetError) as e:
+        FashionMNIST().load("test", root=root, download=True)
+    msg = str(e.value)
+    where = "data.root" if root is not None else "$BIOSSL_DATA"
+    state = "empty" if how.endswith("empty") else "does not exist"
+    assert f"  {given}  [{where}, {state}]" in msg
+    assert "t10k-images-idx3-ubyte.gz or t10k-images-idx3-ubyte" in msg  # what was expected there
+    assert f"{where} is set, so biossl reads only there and downloads nothing" in msg
+    assert ("drop data.root" if root is not None else "unset BIOSSL_DATA") in msg  # the fix
+    assert str(tmp_path / "cache") not in msg.split("Not downloaded:")[0]  # not searched
+    assert served == []
 
 
 # --------------------------------------------------------------------------- downloads (fake network)

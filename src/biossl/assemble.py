@@ -20,6 +20,11 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name!r} but MPS (Apple GPU) is not available; use train.device=cpu")
     return dev
 
 

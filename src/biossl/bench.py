@@ -150,6 +150,9 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                   rounds: int = 3, progress: bool = True) -> list[dict]:
     """Measure every (label, config[, schedule epoch]) in this process; the first cell is
     the reference."""
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"bench needs steps ≥ 1, warmup ≥ 0 and rounds ≥ 1; got steps={steps}, "
+                         f"warmup={warmup}, rounds={rounds}")
     built = []
     for label, cfg, *epoch in cells:
         c = _Cell(label, cfg, *epoch)

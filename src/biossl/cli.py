@@ -11,6 +11,7 @@ from biossl.config import ConfigError
 
 EPILOG = """examples:
   biossl list
+  biossl config fmnist-bp-hinge train.lr=3e-4
   biossl train fmnist-bp-hinge train.epochs=1 --out runs/demo
   biossl train --resume runs/demo
   biossl eval runs/demo
@@ -23,6 +24,7 @@ def _cmd_list(args) -> int:
     import dataclasses
 
     from biossl.compare import SUITES_DIR, load_suite
+    from biossl.config import RECIPES_DIR, recipe_description, recipe_names
     from biossl.registry import AXES, load_all
     load_all()
     titles = {"dataset": "datasets", "views": "view recipes", "encoder": "encoders",
@@ -34,10 +36,25 @@ def _cmd_list(args) -> int:
             if e.config is not None:
                 keys = " [" + ", ".join(f.name for f in dataclasses.fields(e.config)) + "]"
             print(f"  {e.name:<16} {e.summary}{keys}")
+    print("recipes (biossl train NAME; every key: biossl config NAME):")
+    for name in recipe_names():
+        print(f"  {name:<22} {recipe_description(RECIPES_DIR / f'{name}.yaml')}")
     print("suites (biossl compare):")
     for path in sorted(SUITES_DIR.glob("*.yaml")):
         suite = load_suite(str(path))
         print(f"  {suite.name:<16} {len(suite.cells)} cells × {len(suite.seeds)} seeds")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from biossl.config import find_recipe, load_config, recipe_description
+    from biossl.keys import describe, format_keys
+    path = find_recipe(args.config)
+    cfg = load_config(path, args.overrides)
+    head = f"{path}"
+    if desc := recipe_description(path):
+        head += f"\n{desc}"
+    print(f"{head}\n\n{format_keys(describe(cfg))}")
     return 0
 
 
@@ -55,7 +72,7 @@ def _cmd_train(args) -> int:
         run_dir = args.resume
     else:
         if not args.config:
-            raise ConfigError("give a CONFIG (a YAML path or a recipe name from configs/), or --resume RUN_DIR")
+            raise ConfigError("give a CONFIG (a YAML path or a recipe name: biossl list), or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
         run_dir = args.out or _default_out(cfg.name)
         summary = train(cfg, run_dir)
@@ -88,14 +105,33 @@ def _cmd_compare(args) -> int:
     return compare_main(args)
 
 
+def _count(least: int):
+    """argparse type: an integer ≥ ``least`` (the parser names the option and exits 2)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {least}, got {text!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be ≥ {least}, got {n}")
+        return n
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="biossl", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("list", help="registered datasets, views, encoders, objectives, rules, suites")
     s.set_defaults(fn=_cmd_list)
-    s = sub.add_parser("train", help="self-supervised training of one config")
-    s.add_argument("config", nargs="?", help="YAML path or recipe name under configs/")
+    s = sub.add_parser("config", help="every key of a recipe: type, value, default and doc")
+    s.add_argument("config", help="YAML path or recipe name (biossl list)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 rule.name=gll")
+    s.set_defaults(fn=_cmd_config)
+    s = sub.add_parser("train", help="self-supervised training of one config",
+                       epilog="every key a recipe takes, with its type, default and doc: "
+                              "biossl config RECIPE [overrides]")
+    s.add_argument("config", nargs="?", help="YAML path or recipe name (biossl list)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 rule.name=gll")
     s.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
@@ -112,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("configs", nargs="*", help="configs to bench (default: one per registered rule)")
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    help="key=value override applied to every config")
-    s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--steps", type=_count(1), default=20, help="timed steps per config (≥ 1)")
+    s.add_argument("--warmup", type=_count(0), default=3, help="untimed steps first (≥ 0)")
     s.add_argument("--out", default="results/bench.json", help="JSON output path")
     s.set_defaults(fn=_cmd_bench)
     s = sub.add_parser("compare", help="run a suite of configs and write the comparison table")

@@ -1,7 +1,7 @@
 """``biossl compare SUITE``: a suite of (rule × objective × encoder) cells under one budget,
 one set of seeds and the shared probe protocol, written as markdown, CSV and a plot.
 
-A suite is a YAML file under ``configs/suites/``::
+A suite is a YAML file (the packaged ones: ``biossl/configs/suites/``)::
 
     name: fmnist-quick
     seeds: [0]
@@ -30,7 +30,8 @@ import yaml
 from biossl.assemble import resolve_device
 from biossl.bench import peak_bytes, reset_peak
 from biossl.checkpoint import write_text_atomic
-from biossl.config import ConfigError, RunConfig, apply_overrides, build_config, from_dict, load_raw
+from biossl.config import (SUITES_DIR, ConfigError, RunConfig, apply_overrides, build_config, from_dict,
+                           load_raw)
 from biossl.registry import OBJECTIVES, RULES
 from biossl.rules.base import CONDITION_TEXT, CONDITIONS, plausibility
 from biossl.train import RUN_CONFIG, run_config_text, save_run_config
@@ -41,7 +42,7 @@ class Cell:
     label: str
     """Row name in the table."""
     config: str
-    """Recipe name under configs/ or a YAML path."""
+    """Recipe: a YAML path, a file next to the suite, or a packaged recipe name."""
     overrides: list[str] = field(default_factory=list)
     """key=value overrides of this cell (after the suite's common ones)."""
 
@@ -56,6 +57,9 @@ class Suite:
     """Every cell runs once per seed; the table reports mean ± std."""
     common: list[str] = field(default_factory=list)
     """Overrides applied to every cell: the shared budget and protocol."""
+    path: Path | None = None
+    """The suite file (set by :func:`load_suite`); a user's suite finds its cells' recipes
+    next to it first, then among the packaged recipes."""
     description: str = ""
     """What the suite reproduces and what it needs (data, device)."""
     transfer: list[str] = field(default_factory=list)
@@ -63,16 +67,13 @@ class Suite:
     per stage; images of another shape are resized to the training shape (eval.resize)."""
 
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
-
-
 def find_suite(name: str) -> Path:
-    p = Path(name)
+    """A suite YAML path, or the name of a packaged suite (``biossl list``)."""
+    p = Path(name).expanduser()
     if p.is_file():
         return p
-    for base in (Path.cwd() / "configs" / "suites", SUITES_DIR):
-        if (base / f"{name}.yaml").is_file():
-            return base / f"{name}.yaml"
+    if (SUITES_DIR / f"{name}.yaml").is_file():
+        return SUITES_DIR / f"{name}.yaml"
     known = sorted(q.stem for q in SUITES_DIR.glob("*.yaml"))
     raise ConfigError(f"suite {name!r} not found; known suites: {', '.join(known)} (or give a YAML path)")
 
@@ -81,11 +82,25 @@ def load_suite(name: str) -> Suite:
     path = find_suite(name)
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", path.stem)
-    return from_dict(Suite, raw, "suite")
+    suite = from_dict(Suite, raw, "suite")
+    suite.path = path.resolve()
+    return suite
+
+
+def cell_recipe(suite: Suite, cell: Cell) -> str | Path:
+    """Where a cell's recipe is read: next to a user's suite file (never the suite itself),
+    else as given (a YAML path or a packaged recipe name). Packaged suites use the
+    packaged recipes, which share some names with the suites."""
+    if suite.path is not None and suite.path.parent != SUITES_DIR.resolve():
+        folder = suite.path.parent
+        for cand in (folder / cell.config, folder / f"{cell.config}.yaml"):
+            if cand.is_file() and cand.resolve() != suite.path:
+                return cand
+    return cell.config
 
 
 def cell_config(suite: Suite, cell: Cell, seed: int) -> RunConfig:
-    raw = load_raw(cell.config)
+    raw = load_raw(cell_recipe(suite, cell))
     raw["name"] = cell.label
     cfg = build_config(apply_overrides(raw, suite.common + cell.overrides + [f"train.seed={seed}"]))
     return cfg

@@ -8,20 +8,27 @@ a typo names the key and lists the allowed ones.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 
+from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 from biossl.registry import AXES, load_all
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and the fix."""
+
+
+class OutOfRange(ConfigError):
+    """A number outside the :class:`~biossl.bounds.Range` declared for its key."""
 
 
 # --------------------------------------------------------------------------- sections
@@ -30,56 +37,67 @@ class DataConfig:
     name: str = "fashion-mnist"
     """Registered dataset (``biossl list``) used for self-supervised training."""
     root: str | None = None
-    """Directory holding the dataset files; default: $BIOSSL_DATA, the user cache, system paths."""
+    """Directory holding the dataset files, used or refused (no other copy is read instead);
+    None: $BIOSSL_DATA if set (likewise), else the user cache, system paths, a download."""
     download: bool = True
     """Download (with checksum verification) when the files are missing and a network is reachable."""
-    train_subset: int | None = None
+    train_subset: PositiveInt | None = None
     """Use only the first N training images for SSL (None: all)."""
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICES = "auto, cpu, cuda, cuda:I, mps"
+"""What ``train.device`` accepts (whether that device exists is checked when a run starts)."""
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
+    epochs: PositiveInt = 3
     """Passes over the training split (for GLL: per stage)."""
-    batch_size: int = 256
+    batch_size: PositiveInt = 256
     """Images per step (each gives two views, or one patch grid)."""
-    lr: float = 1e-3
+    lr: PositiveFloat = 1e-3
     """Learning rate of every optimizer the rule creates."""
     optimizer: Literal["adam", "sgd", "adamw"] = "adam"
     """Optimizer family used for every parameter group."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     """L2 penalty / decoupled weight decay."""
-    momentum: float = 0.9
+    momentum: Annotated[float, Range(0, 1, max_open=True)] = 0.9
     """SGD momentum (ignored by Adam)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seeds weights, data order, views and the rule's own draws."""
     device: str = "auto"
-    """'auto' (cuda if available), 'cpu' or 'cuda[:i]'."""
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:I' (GPU number I) or 'mps' (Apple)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast for forward passes (GPU)."""
     channels_last: bool = False
     """Use channels_last memory format for conv stacks (GPU)."""
     compile: bool = False
     """Wrap stages in torch.compile."""
-    threads: int | None = None
+    threads: PositiveInt | None = None
     """torch CPU threads (None: torch's default)."""
-    checkpoint_every: int = 200
+    checkpoint_every: PositiveInt = 200
     """Write an atomic checkpoint every N steps (and at every epoch end)."""
-    log_every: int = 10
+    log_every: PositiveInt = 10
     """Log metrics every N steps."""
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: PositiveInt | None = None
     """Cap steps per epoch (quick runs, benchmarks)."""
+
+    def validate(self) -> None:
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device {self.device!r} is not a device biossl can run on; "
+                             f"allowed: {DEVICES} (I: a GPU number, e.g. cuda:1)")
 
 
 @dataclass
 class EvalConfig:
-    probe_epochs: int = 30
+    probe_epochs: PositiveInt = 30
     """Epochs of the linear probe (Adam, full-batch minibatches of 1024 features)."""
-    probe_lr: float = 1e-3
+    probe_lr: PositiveFloat = 1e-3
     """Linear probe learning rate (Bio-SSL: Adam 1e-3)."""
-    knn_k: int = 20
+    knn_k: PositiveInt = 20
     """Neighbours of the cosine kNN classifier."""
-    few_labels: int = 100
+    few_labels: NonNegativeInt = 100
     """Labels per class of the few-label probe (0 disables it)."""
     dataset: str | None = None
     """Labelled dataset to probe (transfer); None: the training dataset."""
@@ -87,11 +105,11 @@ class EvalConfig:
     """When the probe dataset's image shape differs from the training images', map it to
     the training shape (bilinear, antialiased when shrinking; gray→RGB by repetition,
     RGB→gray by luminance; see biossl.data.resize); false: refuse."""
-    max_train: int | None = None
+    max_train: PositiveInt | None = None
     """Use at most N labelled training images (None: all)."""
-    max_test: int | None = None
+    max_test: PositiveInt | None = None
     """Use at most N test images (None: all)."""
-    batch_size: int = 1000
+    batch_size: PositiveInt = 1000
     """Images per forward pass when extracting features."""
     random_init: bool = True
     """Also probe the random-init encoder (same seed, same protocol)."""
@@ -113,12 +131,19 @@ class Component:
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    """Dataset read for self-supervised training."""
     views: Component = field(default_factory=lambda: Component("deform", None))
+    """View recipe: how each image becomes the views the objective compares."""
     encoder: Component = field(default_factory=lambda: Component("convstack", None))
+    """Encoder: a stack of stages whose outputs the probes read."""
     objective: Component = field(default_factory=lambda: Component("hinge", None))
+    """Self-supervised loss (per stage for the layer-local rules)."""
     rule: Component = field(default_factory=lambda: Component("bp", None))
+    """Learning rule: how the error reaches each stage's weights."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, device and checkpointing."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Probe protocol of ``biossl eval``."""
     name: str = "run"
     """Run name (the run directory's default name)."""
 
@@ -137,8 +162,33 @@ COMPONENT_SECTIONS = ("views", "encoder", "objective", "rule")
 
 
 # --------------------------------------------------------------------------- parsing
-def _type_name(tp: Any) -> str:
+def type_text(tp: Any) -> str:
+    """A readable form of an annotation: ``int ≥ 1 | None``, ``'adam' | 'sgd'``, ``list[int]``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        ranges = [str(m) for m in args[1:] if isinstance(m, Range)]
+        return " ".join([type_text(args[0]), *ranges])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else type_text(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return f"{origin.__name__}[{', '.join(type_text(a) for a in args)}]"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _as_number(value: Any) -> float | None:
+    """``value`` as a float when it is one (YAML reads 'nan' and '1e-3' as strings), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
@@ -147,6 +197,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        inner, ranges = args[0], [m for m in args[1:] if isinstance(m, Range)]
+        num = _as_number(value)
+        for r in ranges:
+            if num is not None and not r.contains(num):
+                kind = "an integer" if inner is int else "a finite number"
+                raise OutOfRange(f"{where}: must be {kind} {r}, got {value}")  # as typed
+        return coerce(value, inner, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -155,9 +213,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return coerce(value, a, where)
+            except OutOfRange:
+                raise
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {type_text(tp)}, got {value!r}")
     if origin is Literal:
         if value in args:
             return value
@@ -206,7 +266,7 @@ def from_dict(cls: type, data: Mapping | None, where: str) -> Any:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -311,21 +371,40 @@ def _deepcopy(x: Any) -> Any:
     return x
 
 
+RECIPES_DIR = Path(str(importlib.resources.files("biossl") / "configs"))
+"""The packaged recipes (``biossl train NAME``); found next to the installed package, so
+every command works from any folder and from a non-editable install."""
+SUITES_DIR = RECIPES_DIR / "suites"
+"""The packaged suites (``biossl compare NAME``)."""
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes, sorted."""
+    return sorted(q.stem for q in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_description(path: Path) -> str:
+    """A recipe's one-line description: its first line, a ``#`` comment (the convention every
+    packaged recipe follows); empty when the file does not start with one."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().strip()
+    return first.lstrip("#").strip() if first.startswith("#") else ""
+
+
 def find_recipe(name_or_path: str) -> Path:
-    """A YAML path, or the name of a recipe under the repository's ``configs/``."""
-    p = Path(name_or_path)
+    """A YAML path, or the name of a packaged recipe (``biossl list``)."""
+    p = Path(name_or_path).expanduser()
     if p.is_file():
         return p
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
-        for cand in (base / name_or_path, base / f"{name_or_path}.yaml"):
-            if cand.is_file():
-                return cand
-    known = sorted(q.stem for q in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-    raise ConfigError(f"config {name_or_path!r} not found: give a YAML path or one of the "
-                      f"recipes in configs/: {', '.join(known)}")
+    for cand in (RECIPES_DIR / name_or_path, RECIPES_DIR / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config {name_or_path!r} not found: give a YAML path or the name of "
+                      f"a packaged recipe (biossl list): {', '.join(recipe_names())}")
 
 
 def load_raw(path: str | Path) -> dict:
+    """The raw mapping of a recipe: a YAML path or a packaged recipe name."""
     path = find_recipe(str(path))
     try:
         raw = yaml.safe_load(path.read_text()) or {}

@@ -39,6 +39,7 @@ class TrainingDiverged(RuntimeError):
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "config.yaml"
+DATA_SOURCE = "data_source.txt"
 
 
 def run_config_text(cfg: RunConfig) -> str:
@@ -134,6 +135,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     asm: Assembly = assemble(cfg)
     rule, recipe, device = asm.rule, asm.recipe, asm.device
     data = load_dataset(cfg.data.name, asm.spec.ssl_split, root=cfg.data.root, download=cfg.data.download)
+    write_text_atomic(f"{data.source}\n", run_dir / DATA_SOURCE)  # the copy of the dataset read
     images = data.images if cfg.data.train_subset is None else data.images[: cfg.data.train_subset]
     if device.type == "cuda":
         images = images.to(device)  # uint8 fits; views are made on the device

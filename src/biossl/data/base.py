@@ -34,6 +34,9 @@ class ImageSet:
     num_classes: int
     name: str
     split: str
+    source: str = ""
+    """Where the images were read from (the directory holding the files), so that a run
+    can record which copy of a dataset it saw; empty for data made in memory."""
 
     def __post_init__(self) -> None:
         # Checked once here so that no consumer has to guess dtype or layout.

@@ -87,12 +87,12 @@ class _CIFAR(DatasetSpec):
         # The batches sit in the archive's top directory; also accept a directory
         # that is that top directory itself (root=.../cifar-10-batches-py).
         members = [(f"{top}/{b}", b) for b in self.batches[split]]
-        parts = [read_cifar_batch(p, self.label_key)
-                 for p in resolve(self.source, members, root, download)]
+        paths = resolve(self.source, members, root, download)
+        parts = [read_cifar_batch(p, self.label_key) for p in paths]
         images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels),
-                        self.num_classes, self.name, split)
+                        self.num_classes, self.name, split, source=str(paths[0].parent))
 
 
 _TORONTO = "https://www.cs.toronto.edu/~kriz/"

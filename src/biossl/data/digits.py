@@ -33,4 +33,5 @@ class Digits(DatasetSpec):
         labels = d.target.astype(np.int64)
         sl = slice(0, TRAIN_COUNT) if split == "train" else slice(TRAIN_COUNT, None)
         return ImageSet(torch.from_numpy(np.ascontiguousarray(images[sl])),
-                        torch.from_numpy(labels[sl].copy()), self.num_classes, self.name, split)
+                        torch.from_numpy(labels[sl].copy()), self.num_classes, self.name, split,
+                        source="sklearn.datasets.load_digits (bundled with scikit-learn)")

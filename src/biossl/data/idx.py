@@ -99,7 +99,7 @@ class _IDXDataset(DatasetSpec):
                                f"{img_path.name}, got shape {labels.shape}")
         return ImageSet(torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28)
                         torch.from_numpy(labels.astype(np.int64)),
-                        self.num_classes, self.name, split)
+                        self.num_classes, self.name, split, source=str(img_path.parent))
 
 
 _ZALANDO = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

@@ -1,19 +1,21 @@
 """Finding a dataset's files on disk, downloading them when allowed, and saying
 exactly what is missing when neither works.
 
-Search order for dataset ``<name>`` (first directory holding every needed file wins):
+An explicit location is used or refused, never silently replaced by another copy:
 
-1. the explicit ``root`` argument, then ``root/<name>``;
-2. each entry of ``$BIOSSL_DATA`` (``os.pathsep``-separated): ``<entry>/<name>``, then
-   ``<entry>`` itself;
-3. the user cache ``$XDG_CACHE_HOME/biossl/<name>`` (default ``~/.cache/biossl/<name>``),
-   where downloads and extracted archives go;
-4. system directories ``/usr/share/datasets/<name>`` (Debian ``dataset-*`` packages,
-   e.g. ``dataset-fashion-mnist``) and ``/usr/local/share/datasets/<name>``.
+1. ``root`` (config key ``data.root``) given: only ``root``, then ``root/<name>``;
+2. else ``$BIOSSL_DATA`` set: only its entries (``os.pathsep``-separated), each
+   ``<entry>/<name>``, then ``<entry>`` itself;
+3. else the default search: the user cache ``$XDG_CACHE_HOME/biossl/<name>`` (default
+   ``~/.cache/biossl/<name>``), where downloads and extracted archives go, then the system
+   directories ``/usr/share/datasets/<name>`` (Debian ``dataset-*`` packages, e.g.
+   ``dataset-fashion-mnist``) and ``/usr/local/share/datasets/<name>``.
 
-Then an official archive (``.tar.gz``) found in any of those directories is extracted
-into the cache. Then, with ``download=True``, the official files are downloaded into
-the cache and verified against their published MD5.
+Then an official archive (``.tar.gz``) found in one of those directories is extracted
+into the cache (the extraction is reused while the archive is there). Only in the default
+search, with ``download=True``, are the official files downloaded into the cache and
+verified against their published MD5: an explicit location that lacks the files is an
+error naming what was expected there.
 
 Only downloaded files are checked against the MD5: files found on disk are checked
 by their readers (magic numbers, sizes), because repackaged copies are legitimate —
@@ -62,15 +64,27 @@ def cache_dir(name: str) -> Path:
     return Path(base) / "biossl" / name
 
 
+def explicit_location(root: str | Path | None = None) -> str | None:
+    """Which explicit location the search is confined to: 'data.root', '$BIOSSL_DATA' or None."""
+    if root is not None:
+        return "data.root"
+    if any(os.environ.get("BIOSSL_DATA", "").split(os.pathsep)):
+        return "$BIOSSL_DATA"
+    return None
+
+
 def search_dirs(name: str, root: str | Path | None = None) -> list[tuple[Path, str]]:
-    """Candidate directories for dataset ``name`` in search order → [(dir, where it came from)]."""
-    out: list[tuple[Path, str]] = []
+    """Candidate directories for dataset ``name`` in search order → [(dir, where it came from)].
+    An explicit ``root`` or ``$BIOSSL_DATA`` is the whole search (see the module doc)."""
     if root is not None:
         r = Path(root).expanduser()
-        out += [(r, "root argument"), (r / name, "root argument")]
+        return [(r, "data.root"), (r / name, "data.root")]
+    out: list[tuple[Path, str]] = []
     for entry in filter(None, os.environ.get("BIOSSL_DATA", "").split(os.pathsep)):
         e = Path(entry).expanduser()
         out += [(e / name, "$BIOSSL_DATA"), (e, "$BIOSSL_DATA")]
+    if out:
+        return out
     out.append((cache_dir(name), "user cache"))
     out += [(d / name, "system") for d in SYSTEM_DIRS]
     return out
@@ -106,7 +120,12 @@ def resolve(source: Source, members: Members, root: str | Path | None = None,
                 if (d / r.filename).is_file():
                     return _from_archive(d / r.filename, source, members, cache)
 
-    if not download:
+    explicit = explicit_location(root)
+    if explicit is not None:
+        problem = (f"{explicit} is set, so biossl reads only there and downloads nothing "
+                   f"(downloads go to the user cache, searched only when neither data.root nor "
+                   f"$BIOSSL_DATA is set).")
+    elif not download:
         problem = "download=False, so nothing was downloaded."
     else:
         try:
@@ -144,6 +163,12 @@ def _from_archive(archive: Path, source: Source, members: Members, cache: Path) 
     return found
 
 
+def _state(d: Path) -> str:
+    if not d.is_dir():
+        return ", does not exist"
+    return "" if any(d.iterdir()) else ", empty"
+
+
 def missing_message(source: Source, members: Members, dirs: list[tuple[Path, str]],
                     problem: str) -> str:
     """The text of the 'files not found' error: what, where looked, why not fetched, fixes."""
@@ -154,11 +179,18 @@ def missing_message(source: Source, members: Members, dirs: list[tuple[Path, str
         names = ", ".join(r.filename for r in source.remotes)
         lines.append(f"  (or the official archive {names}, which biossl extracts into the cache)")
     lines.append("Looked in:")
-    lines += [f"  {d}  [{why}{'' if d.is_dir() else ', does not exist'}]" for d, why in dirs]
-    if not os.environ.get("BIOSSL_DATA"):
+    lines += [f"  {d}  [{why}{_state(d)}]" for d, why in dirs]
+    explicit = next((why for _, why in dirs if why in ("data.root", "$BIOSSL_DATA")), None)
+    if explicit is None and not os.environ.get("BIOSSL_DATA"):
         lines.append("  ($BIOSSL_DATA is not set)")
     lines.append(f"Not downloaded: {problem}")
     lines.append("To fix, do one of:")
+    if explicit == "data.root":
+        lines.append("  - put the files above in data.root, correct the path, or drop data.root "
+                     "to use $BIOSSL_DATA or the default search (user cache, system, download)")
+    elif explicit == "$BIOSSL_DATA":
+        lines.append("  - put the files above in a $BIOSSL_DATA entry, correct it, or unset "
+                     "BIOSSL_DATA to use the default search (user cache, system, download)")
     if source.apt_package:
         lines.append(f"  - sudo apt-get install {source.apt_package}   "
                      f"(installs /usr/share/datasets/{source.name})")
@@ -167,8 +199,8 @@ def missing_message(source: Source, members: Members, dirs: list[tuple[Path, str
     if source.remotes:
         lines.append("  - download the official files, then place them as above:")
         lines += [f"      {r.url}  (md5 {r.md5})" for r in source.remotes]
-        lines.append(f"    or let biossl do it with download=True and a network "
-                     f"(saved to {cache_dir(source.name)})")
+        lines.append(f"    or let biossl do it: download=True, a network, and neither data.root nor "
+                     f"$BIOSSL_DATA set (saved to {cache_dir(source.name)})")
     if source.homepage:
         lines.append(f"Dataset home page: {source.homepage}")
     return "\n".join(lines)

@@ -83,4 +83,4 @@ class STL10(DatasetSpec):
         else:
             labels = read_stl10_labels(paths[1], images.shape[0])
         return ImageSet(torch.from_numpy(images), torch.from_numpy(labels),
-                        self.num_classes, self.name, split)
+                        self.num_classes, self.name, split, source=str(paths[0].parent))

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from biossl.bounds import PositiveFloat
 from biossl.encoders.base import StageStack
 from biossl.encoders.layers import Activation, conv_stage
 
 
 @dataclass
 class Conv6Config:
-    width: float = 1.0
+    width: PositiveFloat = 1.0
     """Channel multiplier (1.0: 32, 32, 64, 64, 512)."""
     activation: Activation = "hardtanh"
     """Nonlinearity (Bio-SSL: Hardtanh)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from biossl.bounds import PositiveInt
 from biossl.encoders.base import StageStack
 from biossl.encoders.layers import Activation, conv_stage
 
@@ -15,7 +16,7 @@ class ConvStackConfig:
     """Max-pool 2 at the end of each stage (28 → 14 → 7 → 3)."""
     activation: Activation = "relu"
     """Nonlinearity after each conv."""
-    kernel: int = 3
+    kernel: PositiveInt = 3
     """Conv kernel size ('same' padding)."""
     bias: bool = False
     """Conv bias."""

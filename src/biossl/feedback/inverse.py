@@ -19,6 +19,8 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biossl.config import ConfigError  # a ValueError: the encoder/rule pair is a config mistake
+
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.ELU, nn.GELU, nn.SiLU, nn.Identity)
 """Elementwise nonlinearities a stage may contain (absorbed by the learned inverse)."""
@@ -37,15 +39,17 @@ def _flat_layers(module: nn.Module) -> list[nn.Module]:
 
 
 def invertible_layers(stage: nn.Module, index: int) -> list[nn.Module]:
-    """The stage's layers in forward order, or ValueError naming the first one DTP cannot invert."""
+    """The stage's layers in forward order, or ConfigError naming the first one DTP cannot invert."""
     layers = _flat_layers(stage)
     for m in layers:
         if type(m) not in ALLOWED:
-            raise ValueError(
+            raise ConfigError(
                 f"stage {index} contains {type(m).__name__}, which DTP cannot invert; allowed: "
-                f"{', '.join(sorted(t.__name__ for t in ALLOWED))}")
+                f"{', '.join(sorted(t.__name__ for t in ALLOWED))}. Use an encoder without it "
+                f"(convstack: encoder.batchnorm=false) or another rule.")
     if not any(isinstance(m, MAPS) for m in layers):
-        raise ValueError(f"stage {index} has no conv or linear layer for DTP to invert")
+        raise ConfigError(f"stage {index} has no conv or linear layer for DTP to invert; "
+                          f"choose another encoder or rule")
     return layers
 
 

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from biossl.bounds import NonNegativeInt
 from biossl.objectives.predictive import (PredictiveObjective, context_future, init_step_weights,
                                           patch_vectors, spread_to_output, steps_for, vector_grid)
 from biossl.views.batch import ViewBatch
@@ -97,7 +98,7 @@ class ClappConfig:
     pred_init: float = 1.0
     """Scale of the initial W_pred (and W_retro) (× nn.Linear's default ±1/√C). Small values
     let a mirrored W_retro align with W_predᵀ sooner: their offset stays at its initial size."""
-    seed: int | None = None
+    seed: NonNegativeInt | None = None
     """Seed of the objective's own draws (negatives, coins); None: torch's initial seed (the run
     seed). Every stage's objective starts from the same seed, so at each step all stages make
     the same positive/negative choice — the whole network sees the same next glimpse."""

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from biossl.bounds import PositiveFloat, PositiveInt
 from biossl.objectives.base import Objective, ProjectionHead
 from biossl.views.batch import ViewBatch
 
@@ -99,7 +100,7 @@ def hinge_error(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
 
 @dataclass
 class HingeConfig:
-    tau: float = 2.0
+    tau: PositiveFloat = 2.0
     """Distance threshold τ."""
     delta: float = 1.0
     """Margin δ: positives relu(d − (τ − δ)), negatives relu((τ + δ) − d)."""
@@ -109,9 +110,9 @@ class HingeConfig:
     """None: all pairs; n: pairs (i, i+k), k = 1…n−1, weighted 1/n."""
     reduction: Reduction = "sum"
     """'sum' (paper) or 'mean' (positives and negatives each averaged)."""
-    dim: int = 64
+    dim: PositiveInt = 64
     """Head output dimension."""
-    head_pool: int | None = 1
+    head_pool: PositiveInt | None = 1
     """Head's adaptive average pool output side (1: global; None: flatten everything)."""
     head_init: float = 1.0
     """Scale of the head's initial weights (× PyTorch's default). A small head (0.1) lets

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biossl.bounds import NonNegativeInt
 from biossl.objectives.predictive import (PredictiveObjective, context_future, init_step_weights,
                                           patch_vectors, steps_for, vector_grid)
 from biossl.views.batch import ViewBatch
@@ -36,7 +37,7 @@ class InfoNCEConfig:
     """K: prediction steps k = 1…K (row r predicts row r+k+1); capped at rows − 2 of the grid."""
     negatives: int = 16
     """Negatives per context, drawn uniformly from the other (image, location) futures of the step."""
-    seed: int | None = None
+    seed: NonNegativeInt | None = None
     """Seed of the negative draws; None: torch's initial seed (the run seed)."""
 
     def validate(self) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from biossl.bounds import PositiveInt
 from biossl.objectives.base import Objective, ProjectionHead
 from biossl.views.batch import ViewBatch
 
@@ -36,11 +37,11 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 class NTXentConfig:
     temperature: float = 0.5
     """Cosine-similarity temperature."""
-    dim: int = 64
+    dim: PositiveInt = 64
     """Projection dimension."""
-    hidden: int | None = None
+    hidden: PositiveInt | None = None
     """Hidden width of a 2-layer MLP head (SimCLR); None: one linear layer."""
-    head_pool: int | None = 1
+    head_pool: PositiveInt | None = 1
     """Head's adaptive average pool output side (1: global)."""
 
     def validate(self) -> None:

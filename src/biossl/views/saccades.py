@@ -7,7 +7,7 @@ Each image becomes a ``rows × cols`` grid of ``patch × patch`` glimpses taken 
 Geometry (documented defaults):
 
 - STL-10 (CLAPP, GIM): random 64×64 crop of the 96×96 image, patches 16×16 stride 8
-  → a 7×7 grid (``configs/clapp-stl10*.yaml``).
+  → a 7×7 grid (recipes ``clapp-stl10*``).
 - 28×28 data (Fashion-MNIST): the same half-overlap scaled by ½: patches 8×8 stride 4
   on the whole image → a 6×6 grid (the defaults of :class:`SaccadeConfig`).
 
