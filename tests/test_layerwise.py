@@ -16,7 +16,6 @@ from biossl.rules.bp import BP, BPConfig, FeedbackE2EConfig
 from biossl.rules.layerwise import GLL, RLL, LayerwiseConfig
 from biossl.views.batch import ViewBatch
 
-torch.set_num_threads(1)
 load_all()
 
 
@@ -111,14 +110,19 @@ def test_gll_checkpoint_resumes_mid_stack():
     fresh.load_state_dict(state)
     assert (fresh.stage, fresh.epoch) == (1, 3)
     assert state["_extra_state"]["stage_epoch"] == 1
-    for a, b in zip(fresh.state_dict().values(), rule.state_dict().values()):
-        if torch.is_tensor(a):
-            assert torch.equal(a, b)
+    assert_same_tensors(fresh.state_dict(), rule.state_dict())
     # the next step is identical from the restored state (optimizer state included)
     rule.step(batch(2)), fresh.step(batch(2))
-    for a, b in zip(fresh.state_dict().values(), rule.state_dict().values()):
-        if torch.is_tensor(a):
-            assert torch.equal(a, b)
+    assert_same_tensors(fresh.state_dict(), rule.state_dict())
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Same keys (a missing or extra entry fails, not truncates) and equal tensors."""
+    assert a.keys() == b.keys()
+    tensors = [k for k in a if torch.is_tensor(a[k])]
+    assert tensors
+    for k in tensors:
+        assert torch.equal(a[k], b[k]), k
 
 
 # ---- RLL -------------------------------------------------------------------------------
@@ -240,7 +244,7 @@ def test_unknown_feedback_raises_everywhere():
         build_config({"rule": {"name": "rll", "feedback": "random"}})
     with pytest.raises(ConfigError, match="feedback"):        # rf's feedback is its name
         build_config({"rule": {"name": "rf", "feedback": "urf"}})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="diagnostics_every must be ≥ 0"):
         FeedbackE2EConfig(diagnostics_every=-1).validate()
 
 
