@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from biossl.data.base import DatasetError, DatasetSpec, ImageSet
+from biossl.data.base import DatasetError, DatasetSpec, ImageSet, check_label_range
 from biossl.data.fetch import Remote
 from biossl.data.locate import Source, resolve
 
@@ -100,6 +100,7 @@ class _IDXDataset(DatasetSpec):
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise DatasetError(f"{lbl_path}: expected {images.shape[0]} labels to match "
                                f"{img_path.name}, got shape {labels.shape}")
+        check_label_range(labels, self.num_classes, lbl_path)
         return ImageSet(torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28)
                         torch.from_numpy(labels.astype(np.int64)),
                         self.num_classes, self.name, split)
