@@ -264,7 +264,7 @@ def test_plain_bp_has_no_feedback_layers():
 
 # ---- through the trainer: a GLL run resumes mid-stack, an RLL run with its draws ----------
 _FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-_TINY = ["encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
+_TINY = ["data.download=false", "encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
          "train.batch_size=64", "train.checkpoint_every=100", "train.log_every=2",
          "train.threads=1", "rule.diagnostics_every=3"]
 
@@ -277,7 +277,7 @@ def test_trainer_resume_is_identical(tmp_path, recipe, extra, stop):
     from biossl.train import TrainingInterrupted, train
     cfg = load_config(recipe, _TINY + extra)
     train(cfg, tmp_path / "a", progress=False)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted, match="biossl train --resume"):
         train(cfg, tmp_path / "b", progress=False, stop_after_steps=stop)   # GLL: inside stage 1
     mid = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     if recipe.startswith("fmnist-gll"):
@@ -286,9 +286,7 @@ def test_trainer_resume_is_identical(tmp_path, recipe, extra, stop):
     assert out["steps"] == 12
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["rule"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["rule"]
-    for k, v in a.items():
-        if torch.is_tensor(v):
-            assert torch.equal(v, b[k]), k
+    assert_same_tensors(a, b)
     assert a["_extra_state"]["generator"].equal(b["_extra_state"]["generator"])
     rows = [__import__("json").loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert any("angle/stage0" in r or "angle/stage1" in r for r in rows)
