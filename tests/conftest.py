@@ -13,3 +13,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_rng():
+    """torch's global generator starts from seed 0 in every test, so whatever a test still
+    draws from it (module initialisation, mostly) does not depend on which tests ran before.
+    Tests that need particular values use their own torch.Generator."""
+    torch.manual_seed(0)
