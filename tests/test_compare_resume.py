@@ -16,7 +16,7 @@ import biossl
 from biossl.compare import Cell, Suite, cell_config, run_suite
 from biossl.train import TrainingInterrupted, train
 
-COMMON = ["data.name=digits", "data.download=false", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
+COMMON = ["train.device=cpu", "data.name=digits", "data.download=false", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
           "train.batch_size=32", "train.epochs=2", "train.max_steps_per_epoch=5", "train.log_every=1",
           "train.checkpoint_every=100", "train.threads=1", "eval.probe_epochs=2", "eval.few_labels=5"]
 LABEL = "bp-hinge"
@@ -70,7 +70,8 @@ def test_interrupted_cell_resumes_and_equals_an_uninterrupted_one(tmp_path):
 
 def test_sigterm_to_compare_then_rerun_resumes_the_cell(tmp_path):
     """A real SIGTERM to a running `biossl compare` during its first cell; the re-run finishes it."""
-    slow = COMMON[:5] + ["train.epochs=20", "train.max_steps_per_epoch=20"] + COMMON[7:]
+    slow = [o for o in COMMON if not o.startswith(("train.epochs=", "train.max_steps_per_epoch="))]
+    slow += ["train.epochs=20", "train.max_steps_per_epoch=20"]
     suite_file = tmp_path / "tiny.yaml"
     suite_file.write_text(yaml.safe_dump({"name": "tiny", "seeds": [0], "common": slow,
                                           "cells": [{"label": LABEL, "config": "fmnist-bp-hinge"}]}))

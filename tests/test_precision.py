@@ -10,7 +10,7 @@ import torch
 from biossl.config import load_config
 from biossl.train import train
 
-DIGITS = ["data.name=digits", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
+DIGITS = ["train.device=cpu", "data.name=digits", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
           "train.batch_size=32", "train.epochs=1", "train.max_steps_per_epoch=3",
           "train.threads=1", "train.log_every=1", "data.download=false"]
 

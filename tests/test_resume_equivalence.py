@@ -23,7 +23,7 @@ import biossl
 from biossl.config import load_config
 from biossl.train import TrainingInterrupted, train
 
-DIGITS = ["data.name=digits", "data.download=false", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
+DIGITS = ["train.device=cpu", "data.name=digits", "data.download=false", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
           "train.batch_size=32", "train.epochs=2", "train.max_steps_per_epoch=4",
           "train.checkpoint_every=100", "train.log_every=1", "train.threads=1"]
 SACCADES = ["views.patch=4", "views.stride=2", "train.batch_size=16"]
@@ -83,8 +83,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, recipe, extra, 
 
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     """A real SIGTERM to a running `biossl train`, then `biossl train --resume` in a new process."""
-    args = DIGITS[:-4] + ["train.epochs=20", "train.max_steps_per_epoch=20", "train.checkpoint_every=1000",
-                          "train.log_every=5", "train.threads=1"]
+    args = [o for o in DIGITS if not o.startswith(("train.epochs=", "train.max_steps_per_epoch=",
+                                                    "train.checkpoint_every=", "train.log_every="))]
+    args += ["train.epochs=20", "train.max_steps_per_epoch=20", "train.checkpoint_every=1000", "train.log_every=5"]
     env = {**os.environ, "PYTHONPATH": str(Path(biossl.__file__).parents[1])}
     run = tmp_path / "sig"
     p = subprocess.Popen([sys.executable, "-m", "biossl.cli", "train", "fmnist-bp-hinge", *args, "--out", str(run)],
