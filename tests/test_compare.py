@@ -39,12 +39,25 @@ def test_suite_runs_once_and_resumes_nothing(tmp_path, monkeypatch):
 
 
 def test_shipped_suites_resolve_every_cell():
-    from biossl.registry import RULES
+    """Every cell builds, under its own label and seed, with every one of the suite's common
+    overrides and its own (the later winning) in the config it will record."""
+    import yaml
+    from biossl.config import parse_override
+    from biossl.train import run_config_text
     for name in ("fmnist-quick", "biossl-table1", "biossl-table2", "clapp-stl10"):
         suite = load_suite(name)
+        assert len({c.label for c in suite.cells}) == len(suite.cells), f"{name}: duplicate labels"
         for cell in suite.cells:
-            cfg = compare.cell_config(suite, cell, suite.seeds[0])
-            assert cfg.rule.name in RULES
+            seed = suite.seeds[-1]
+            cfg = compare.cell_config(suite, cell, seed)
+            assert cfg.name == cell.label and cfg.train.seed == seed
+            recorded = compare._flat(yaml.safe_load(run_config_text(cfg)))
+            wanted = {}
+            for item in suite.common + cell.overrides:
+                keys, value = parse_override(item)
+                wanted[".".join(keys)] = value
+            for key, value in wanted.items():
+                assert recorded[key] == value, f"{name}/{cell.label}: {key}={recorded[key]!r}, set {value!r}"
 
 
 def test_unknown_suite_lists_known():

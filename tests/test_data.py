@@ -10,7 +10,7 @@ import os
 import pickle
 import struct
 import tarfile
-import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +123,12 @@ def md5(data: bytes) -> str:
 @pytest.mark.skipif(not FMNIST_SYSTEM.is_dir(),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist_from_debian_package():
-    t = time.perf_counter()
-    train = load_dataset("fashion-mnist", "train", root=FMNIST_SYSTEM, download=False)
-    elapsed = time.perf_counter() - t
+    tracemalloc.start()
+    try:
+        train = load_dataset("fashion-mnist", "train", root=FMNIST_SYSTEM, download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     test = load_dataset("fashion-mnist", "test", root=FMNIST_SYSTEM, download=False)
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
@@ -133,7 +136,10 @@ def test_real_fashion_mnist_from_debian_package():
     assert test.labels.bincount().tolist() == [1000] * 10
     assert train.labels[:3].tolist() == [9, 0, 0]  # the published first labels: ankle boot, T-shirt, T-shirt
     assert 0 < train.images.float().mean() < 255
-    assert elapsed < 5.0, f"60k images took {elapsed:.2f}s; expected well under a second or two"
+    # Read straight into the final array (no whole-payload intermediate copy): the peak of
+    # Python/numpy allocations stays near the 47 MB of images (measured 1.025×), not 2×.
+    nbytes = train.images.numel() + 8 * train.labels.numel()
+    assert peak < 1.1 * nbytes, f"peak {peak / 2**20:.0f} MiB for {nbytes / 2**20:.0f} MiB of data"
 
 
 def test_real_fashion_mnist_found_via_system_dir(monkeypatch):

@@ -88,7 +88,22 @@ def test_knn_matches_brute_force(temperature):
     pred = knn_predict(x, y, tx, 5, k=7, temperature=temperature, chunk=10)
     assert np.array_equal(pred.numpy(), ref)
     acc = knn_accuracy(x, y, tx, ty, k=7, num_classes=5, temperature=temperature, chunk=13)
-    assert acc == pytest.approx(100.0 * (pred.numpy() == ty.numpy()).mean(), abs=1e-9)
+    assert acc == pytest.approx(100.0 * (ref == ty.numpy()).mean(), abs=1e-9)  # the reference's accuracy
+
+
+def test_knn_known_answer_is_cosine_not_euclidean_and_weighted_by_temperature():
+    """Hand-worked case. Query q = (1, 0.9); cosines: A = (10, 9) ≈ 1.000 (class 0, far but
+    aligned), B = (1, 0) 0.743 and C = (0, 1) 0.669 (class 1, near), D = (−1, −1) −0.999.
+    k=1: A (a Euclidean kNN would pick B). k=3 unweighted: A, B, C → class 1 by 2 votes to 1.
+    k=3 at τ=0.07: e^(1/0.07) ≈ 1.6e6 for class 0 against e^(0.743/0.07) + e^(0.669/0.07) ≈ 5.5e4."""
+    train_x = torch.tensor([[10.0, 9.0], [1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    train_y = torch.tensor([0, 1, 1, 2])
+    q = torch.tensor([[1.0, 0.9], [-2.0, -1.9]])  # the second: D (class 2) for every k here
+    assert knn_predict(train_x, train_y, q, 3, k=1).tolist() == [0, 2]
+    assert knn_predict(train_x, train_y, q[:1], 3, k=3, temperature=None).tolist() == [1]
+    assert knn_predict(train_x, train_y, q[:1], 3, k=3, temperature=0.07).tolist() == [0]
+    acc = knn_accuracy(train_x, train_y, q, torch.tensor([0, 1]), k=1, num_classes=3)
+    assert acc == pytest.approx(50.0)
 
 
 def test_knn_chunking_and_k_clamp():

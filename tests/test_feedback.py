@@ -166,15 +166,29 @@ def test_conversion_is_idempotent_and_skips_transposed_conv():
 
 
 def test_bf16_autocast_runs_and_returns_parameter_dtype_grads():
-    conv = nn.Conv2d(2, 3, 3, padding=1)
-    fb = FeedbackConv.from_conv(conv, "rf")
-    x = torch.randn(2, 2, 6, 6, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = fb(x)
-    assert y.dtype == torch.bfloat16
-    y.float().sum().backward()
-    assert x.grad.dtype == torch.float32 and fb.weight.grad.dtype == torch.float32
-    assert torch.isfinite(fb.weight.grad).all()
+    """Under bf16 autocast the layer computes in bf16 (output dtype, and results that differ
+    from fp32 by bf16's rounding), returns fp32 gradients, and stays within 2 % of the fp32
+    pass (measured: 0.3 %, bf16's 8-bit mantissa)."""
+    torch.manual_seed(0)
+    fb = FeedbackConv.from_conv(nn.Conv2d(2, 3, 3, padding=1), "rf")
+    g = torch.Generator().manual_seed(1)
+    x0, gy = torch.randn(2, 2, 6, 6, generator=g), torch.randn(2, 3, 6, 6, generator=g)
+
+    def run(bf16: bool):
+        fb.zero_grad()
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = fb(x)
+        (y.float() * gy).sum().backward()
+        return y.detach(), x.grad, fb.weight.grad.clone(), fb.bias.grad.clone()
+
+    y16, *grads16 = run(True)
+    y32, *grads32 = run(False)
+    assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in grads16)
+    for a, b in zip([y16.float(), *grads16], [y32, *grads32], strict=True):
+        rel = float((a - b).norm() / b.norm())
+        assert 1e-4 < rel < 2e-2, rel  # bf16 was used (not exact), and it is close
 
 
 def test_feedback_matches_w_initial_norm_also_for_a_small_head():

@@ -16,7 +16,6 @@ from biossl.rules.bp import BP, BPConfig, FeedbackE2EConfig
 from biossl.rules.layerwise import GLL, RLL, LayerwiseConfig
 from biossl.views.batch import ViewBatch
 
-torch.set_num_threads(1)
 load_all()
 
 
@@ -111,14 +110,19 @@ def test_gll_checkpoint_resumes_mid_stack():
     fresh.load_state_dict(state)
     assert (fresh.stage, fresh.epoch) == (1, 3)
     assert state["_extra_state"]["stage_epoch"] == 1
-    for a, b in zip(fresh.state_dict().values(), rule.state_dict().values()):
-        if torch.is_tensor(a):
-            assert torch.equal(a, b)
+    assert_same_tensors(fresh.state_dict(), rule.state_dict())
     # the next step is identical from the restored state (optimizer state included)
     rule.step(batch(2)), fresh.step(batch(2))
-    for a, b in zip(fresh.state_dict().values(), rule.state_dict().values()):
-        if torch.is_tensor(a):
-            assert torch.equal(a, b)
+    assert_same_tensors(fresh.state_dict(), rule.state_dict())
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Same keys (a missing or extra entry fails, not truncates) and equal tensors."""
+    assert a.keys() == b.keys()
+    tensors = [k for k in a if torch.is_tensor(a[k])]
+    assert tensors
+    for k in tensors:
+        assert torch.equal(a[k], b[k]), k
 
 
 # ---- RLL -------------------------------------------------------------------------------
@@ -240,7 +244,7 @@ def test_unknown_feedback_raises_everywhere():
         build_config({"rule": {"name": "rll", "feedback": "random"}})
     with pytest.raises(ConfigError, match="feedback"):        # rf's feedback is its name
         build_config({"rule": {"name": "rf", "feedback": "urf"}})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="diagnostics_every must be ≥ 0"):
         FeedbackE2EConfig(diagnostics_every=-1).validate()
 
 
@@ -260,7 +264,7 @@ def test_plain_bp_has_no_feedback_layers():
 
 # ---- through the trainer: a GLL run resumes mid-stack, an RLL run with its draws ----------
 _FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-_TINY = ["encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
+_TINY = ["data.download=false", "encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
          "train.batch_size=64", "train.checkpoint_every=100", "train.log_every=2",
          "train.threads=1", "rule.diagnostics_every=3"]
 
@@ -273,7 +277,7 @@ def test_trainer_resume_is_identical(tmp_path, recipe, extra, stop):
     from biossl.train import TrainingInterrupted, train
     cfg = load_config(recipe, _TINY + extra)
     train(cfg, tmp_path / "a", progress=False)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted, match="biossl train --resume"):
         train(cfg, tmp_path / "b", progress=False, stop_after_steps=stop)   # GLL: inside stage 1
     mid = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     if recipe.startswith("fmnist-gll"):
@@ -282,9 +286,7 @@ def test_trainer_resume_is_identical(tmp_path, recipe, extra, stop):
     assert out["steps"] == 12
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["rule"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["rule"]
-    for k, v in a.items():
-        if torch.is_tensor(v):
-            assert torch.equal(v, b[k]), k
+    assert_same_tensors(a, b)
     assert a["_extra_state"]["generator"].equal(b["_extra_state"]["generator"])
     rows = [__import__("json").loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert any("angle/stage0" in r or "angle/stage1" in r for r in rows)

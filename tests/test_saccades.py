@@ -6,8 +6,6 @@ from biossl.config import ConfigError, from_dict
 from biossl.registry import VIEWS, load_all
 from biossl.views.saccades import SaccadeConfig, SaccadeViews, cut_patches, grid_size
 
-torch.set_num_threads(1)
-
 
 def images(n=3, c=1, h=28, w=28, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -111,13 +109,13 @@ def test_flip_is_per_image_and_seeded():
 
 
 def test_config_validation_is_loud():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="patch and stride must be ≥ 1, got 0, 4"):
         from_dict(SaccadeConfig, {"patch": 0}, "views")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="crop 8 is smaller than the patch 16"):
         from_dict(SaccadeConfig, {"patch": 16, "crop": 8}, "views")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"unknown key 'views\.patchsize'; allowed keys of views: patch, stride"):
         from_dict(SaccadeConfig, {"patchsize": 16}, "views")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="crop 64 does not fit in 28×28 images"):
         SaccadeViews(SaccadeConfig(crop=64), (1, 28, 28))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"take uint8 \(N, C, H, W\) images, got torch.float32"):
         SaccadeViews(None, (1, 28, 28))(torch.zeros(2, 1, 28, 28), torch.Generator())

@@ -1,6 +1,5 @@
 """The training loop end to end on real Fashion-MNIST: resume equality, signals, errors."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,27 @@ import torch
 
 from biossl.cli import main as cli
 from biossl.config import load_config
+from biossl.data import DatasetError, FashionMNIST, locate
+from biossl.data.idx import _idx_split_files
+from biossl.data.locate import resolve
 from biossl.train import TrainingDiverged, TrainingInterrupted, train
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists() and not os.environ.get("BIOSSL_DATA"),
+
+
+def _fmnist_on_disk() -> bool:
+    """Whether Fashion-MNIST's training files are found without downloading anything."""
+    try:
+        resolve(FashionMNIST.source, _idx_split_files("train"), download=False)
+    except DatasetError:
+        return False
+    return True
+
+
+needs_fmnist = pytest.mark.skipif(not _fmnist_on_disk(),
                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
-TINY = ["encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
+# data.download=false: a test never starts a download, whatever the machine holds
+TINY = ["data.download=false", "encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
         "train.batch_size=64", "train.epochs=2", "train.checkpoint_every=4", "train.log_every=2",
         "train.threads=1", "eval.probe_epochs=2", "eval.max_train=600", "eval.max_test=300"]
 
@@ -98,12 +111,18 @@ def test_cli_bad_key_and_type(capsys):
 
 
 def test_cli_missing_dataset_names_where_and_how(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("BIOSSL_DATA", str(tmp_path))
+    # Every place biossl looks is an empty tmp dir, so the outcome does not depend on which
+    # datasets this machine holds (with CIFAR-10 installed this would start a full run).
+    monkeypatch.delenv("BIOSSL_DATA", raising=False)  # a set $BIOSSL_DATA is the whole search
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", (tmp_path / "system",))
     assert cli(["train", "fmnist-bp-hinge", "data.name=cifar10", "views.name=deform",
                 "data.download=false", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path) in err and "cifar" in err.lower()
+    assert "dataset 'cifar10': files not found" in err
+    assert str(tmp_path / "cache") in err and str(tmp_path / "system") in err
+    assert "Not downloaded: download=False" in err
+    assert "cifar-10-python.tar.gz" in err and "BIOSSL_DATA=DIR" in err
 
 
 def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):

@@ -84,32 +84,32 @@ def test_none_recipe_identical_copies():
 
 
 def test_recipe_rejects_float_input():
-    with pytest.raises(ValueError):
-        DeformViews(None, (3, 28, 28))(torch.rand(2, 3, 28, 28), gen())
+    with pytest.raises(ValueError, match=r"take uint8 \(N, C, H, W\) images, got torch.float32"):
+        DeformViews(None, (3, 28, 28))(torch.rand(2, 3, 28, 28, generator=gen()), gen())
 
 
 def test_colour_ops_need_1_or_3_channels():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need 1 or 3 channels, images have 2; set jitter_p and grayscale_p to 0"):
         DeformViews(None, (2, 28, 28))
     DeformViews(DeformViews.Config(jitter_p=0.0, grayscale_p=0.0), (2, 28, 28))
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("cls,bad", [
-    (DeformViews, dict(scale=(0.9, 0.5))),
-    (DeformViews, dict(scale=(0.0, 1.0))),
-    (DeformViews, dict(ratio=(2.0, 1.0))),
-    (DeformViews, dict(hue=0.7)),
-    (DeformViews, dict(flip_p=1.5)),
-    (DeformViews, dict(size=(0, 28))),
-    (SimCLRViews, dict(scale=(0.5, 0.2))),
-    (SimCLRViews, dict(strength=3.0)),
+@pytest.mark.parametrize("cls,bad,message", [
+    (DeformViews, dict(scale=(0.9, 0.5)), r"scale must satisfy 0.0 < min <= max <= 1.0, got \[0.9, 0.5\]"),
+    (DeformViews, dict(scale=(0.0, 1.0)), r"scale must satisfy 0.0 < min <= max <= 1.0, got \[0.0, 1.0\]"),
+    (DeformViews, dict(ratio=(2.0, 1.0)), r"ratio must satisfy 0.0 < min <= max <= inf, got \[2.0, 1.0\]"),
+    (DeformViews, dict(hue=0.7), r"hue must lie in \[0.0, 0.5\], got 0.7"),
+    (DeformViews, dict(flip_p=1.5), r"flip_p must lie in \[0.0, 1.0\], got 1.5"),
+    (DeformViews, dict(size=(0, 28)), r"size must be \[height, width\] of positive ints or null, got \(0, 28\)"),
+    (SimCLRViews, dict(scale=(0.5, 0.2)), r"scale must satisfy 0.0 < min <= max <= 1.0, got \[0.5, 0.2\]"),
+    (SimCLRViews, dict(strength=3.0), r"strength must lie in \[0.0, 2.5\], got 3.0"),
 ])
-def test_config_validate(cls, bad):
+def test_config_validate(cls, bad, message):
     cfg = cls.Config(**bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         cfg.validate()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         cls(cfg, (3, 28, 28))
 
 

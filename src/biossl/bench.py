@@ -149,7 +149,11 @@ class _Cell:
 def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                   rounds: int = 3, progress: bool = True) -> list[dict]:
     """Measure every (label, config[, schedule epoch]) in this process; the first cell is
-    the reference."""
+    the reference.
+
+    On the CPU the memory pass sets glibc's mmap threshold for the rest of the process (it
+    cannot be reset to glibc's adaptive default), which slows later allocations: call this
+    in a process of its own, as ``biossl bench`` does (tests run it in a subprocess)."""
     if steps < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"bench needs steps ≥ 1, warmup ≥ 0 and rounds ≥ 1; got steps={steps}, "
                          f"warmup={warmup}, rounds={rounds}")

@@ -19,6 +19,14 @@ class DatasetError(RuntimeError):
     """
 
 
+def check_label_range(labels, num_classes: int, path: Path) -> None:
+    """DatasetError naming ``path`` unless every label of that file lies in [0, num_classes)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise DatasetError(f"{path}: label {bad} is outside 0..{num_classes - 1}; the file is corrupt "
+                           f"or belongs to another dataset. Delete it and download it again.")
+
+
 @dataclass
 class ImageSet:
     """One split of an image dataset, kept as uint8 so that it stays small.

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from biossl.data.base import DatasetError, DatasetSpec, ImageSet
+from biossl.data.base import DatasetError, DatasetSpec, ImageSet, check_label_range
 from biossl.data.fetch import Remote
 from biossl.data.locate import Source, resolve
 
@@ -71,8 +71,8 @@ def _get(batch: dict, key: str, path: Path):
     for k in (key.encode(), key):
         if k in batch:
             return batch[k]
-    raise DatasetError(f"{path}: no {key!r} entry (keys: {sorted(map(str, batch))}); "
-                       f"it is not a batch of this dataset")
+    raise DatasetError(f"{path}: no {key!r} entry (keys: {sorted(map(str, batch))}); it is not a "
+                       f"batch of this dataset. Delete it and download the official archive again.")
 
 
 class _CIFAR(DatasetSpec):
@@ -88,7 +88,10 @@ class _CIFAR(DatasetSpec):
         # that is that top directory itself (root=.../cifar-10-batches-py).
         members = [(f"{top}/{b}", b) for b in self.batches[split]]
         paths = resolve(self.source, members, root, download)
-        parts = [read_cifar_batch(p, self.label_key) for p in paths]
+        parts = []
+        for path in paths:
+            parts.append(read_cifar_batch(path, self.label_key))
+            check_label_range(parts[-1][1], self.num_classes, path)
         images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels),

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from biossl.data.base import DatasetError, DatasetSpec, ImageSet
+from biossl.data.base import DatasetError, DatasetSpec, ImageSet, check_label_range
 from biossl.data.fetch import Remote
 from biossl.data.locate import Source, resolve
 
@@ -23,6 +23,9 @@ from biossl.data.locate import Source, resolve
 IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 GZIP_MAGIC = b"\x1f\x8b"
+READ_CHUNK = 1 << 20
+"""Bytes per readinto: gzip serves a readinto through a bytes object of the size asked, so
+asking for the whole payload at once would hold a second copy of it."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -59,7 +62,7 @@ def _read_idx_stream(f: BinaryIO, path: Path) -> np.ndarray:
     view = memoryview(out.reshape(-1).view(np.uint8))
     got = 0
     while got < len(view):  # readinto may return less than asked (gzip streams do)
-        n = f.readinto(view[got:])
+        n = f.readinto(view[got:got + READ_CHUNK])
         if not n:
             break
         got += n
@@ -97,6 +100,7 @@ class _IDXDataset(DatasetSpec):
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise DatasetError(f"{lbl_path}: expected {images.shape[0]} labels to match "
                                f"{img_path.name}, got shape {labels.shape}")
+        check_label_range(labels, self.num_classes, lbl_path)
         return ImageSet(torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28)
                         torch.from_numpy(labels.astype(np.int64)),
                         self.num_classes, self.name, split, source=str(img_path.parent))

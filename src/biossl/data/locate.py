@@ -152,12 +152,16 @@ def _needed_remotes(source: Source, members: Members) -> list[Remote]:
 def _from_archive(archive: Path, source: Source, members: Members, cache: Path) -> list[Path]:
     assert source.archive_dir is not None
     top = cache / source.archive_dir
-    if not top.is_dir():
+    extracted_before = top.is_dir()
+    if not extracted_before:
         fetch.extract_tar(archive, cache, source.archive_dir)
     found = find_members(cache, members)
     if found is None:
-        missing = [alts[0] for alts in members if find_members(cache, [alts]) is None]
-        raise DatasetError(f"{archive} was extracted to {top} but lacks {', '.join(missing)}; "
+        missing = ", ".join(alts[0] for alts in members if find_members(cache, [alts]) is None)
+        if extracted_before:  # not this archive's fault: files were removed from the cache
+            raise DatasetError(f"{top} (extracted earlier from {archive}) lacks {missing}; delete "
+                               f"{top} and biossl extracts the archive again.")
+        raise DatasetError(f"{archive} was extracted to {top} but lacks {missing}; "
                            f"it is incomplete or not the official archive. Delete {archive} and "
                            f"{top} and download the archive again.")
     return found

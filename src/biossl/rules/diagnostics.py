@@ -93,7 +93,9 @@ class FeedbackDiagnostics:
         return {**self.probe.last, **feedback_report(named_feedback_layers(self))}
 
     def schedule_state(self) -> dict:
-        return {"diagnostics_step": self.probe.steps}
+        # the last angles too: a resumed run logs what the uninterrupted one logs
+        return {"diagnostics_step": self.probe.steps, "diagnostics_last": dict(self.probe.last)}
 
     def load_schedule_state(self, state: dict) -> None:
         self.probe.steps = state.get("diagnostics_step", 0)
+        self.probe.last = dict(state.get("diagnostics_last", {}))

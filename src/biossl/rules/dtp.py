@@ -308,7 +308,9 @@ class DTP(Rule):
         return dict(self.last_angles)
 
     def schedule_state(self) -> dict:
-        return {"steps_done": self.steps_done}
+        # the last angles too: a resumed run logs what the uninterrupted one logs
+        return {"steps_done": self.steps_done, "last_angles": dict(self.last_angles)}
 
     def load_schedule_state(self, state: dict) -> None:
         self.steps_done = state["steps_done"]
+        self.last_angles = dict(state.get("last_angles", {}))
