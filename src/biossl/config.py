@@ -69,6 +69,20 @@ class TrainConfig:
     """Log metrics every N steps."""
     max_steps_per_epoch: int | None = None
     """Cap steps per epoch (quick runs, benchmarks)."""
+    checkpoint_minutes: float = 5.0
+    """Also write a checkpoint when this many minutes of wall time passed since the last one,
+    so a kill (OOM, SIGKILL) loses at most that much; one is also written after a new run's
+    first step, so a run that cannot save fails at once rather than hours later."""
+    divergence_factor: float | None = 1000.0
+    """Stop as diverged when |loss| exceeds this multiple of its running median (floored by
+    the median of the first 20 losses; see biossl.divergence); None: stop only on NaN/inf."""
+
+    def validate(self) -> None:
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 (or null to test only NaN/inf), "
+                             f"got {self.divergence_factor}")
 
 
 @dataclass

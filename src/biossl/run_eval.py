@@ -2,15 +2,35 @@
 the random-init encoder of the same seed, written as CSV, markdown and a PNG plot."""
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
 from pathlib import Path
-
 
 from biossl.assemble import assemble, build_encoder
 from biossl.checkpoint import load, write_text_atomic
-from biossl.config import apply_overrides, build_config
+from biossl.config import ConfigError, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
-from biossl.train import CHECKPOINT, load_run_config
+from biossl.train import CHECKPOINT, config_changes, load_run_config
+
+
+def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
+    """Where a probe table goes: ``probe`` for the run's own eval settings, ``probe-KEY=VALUE…``
+    for other settings (eval.* overrides, another dataset), so each settings keeps its table
+    and a re-run with the same settings replaces only its own."""
+    run_dir = Path(run_dir)
+    if not overrides:
+        return run_dir / "probe"
+    base = load_run_config(run_dir)
+    changes = config_changes(base, build_config(apply_overrides(base.to_dict(), list(overrides))))
+    if not changes:
+        return run_dir / "probe"
+    slug = "_".join(f"{k.removeprefix('eval.')}={new}" for k, (_, new) in changes.items())
+    slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", slug)
+    if len(slug) > 80:
+        slug = slug[:60] + "_" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return run_dir / f"probe-{slug}"
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
@@ -34,11 +54,23 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
     if tuple(spec.image_shape) != tuple(asm.spec.image_shape):
         raise ValueError(f"cannot probe {dataset} {tuple(spec.image_shape)} with an encoder trained on "
                          f"{cfg.data.name} {tuple(asm.spec.image_shape)}: image shapes differ")
-    encoders, budgets = [], {}
+    encoders, budgets, untrained = [], {}, ""
     if trained:
         state = load(run_dir / CHECKPOINT, map_location="cpu")
-        asm.rule.load_state_dict(state["rule"])
+        try:
+            asm.rule.load_state_dict(state["rule"])
+        except (RuntimeError, ValueError, KeyError):
+            changed = config_changes(build_config(state["config"]), load_run_config(run_dir))
+            raise ConfigError(f"the checkpoint in {run_dir} does not fit its config.yaml, edited since "
+                              f"training ({'; '.join(f'{k}: {a!r} → {b!r}' for k, (a, b) in changed.items())}); "
+                              f"put those values back to probe it") from None
         budget = state["global_step"] * cfg.train.batch_size
+        frozen = asm.rule.encoder_frozen_steps()
+        if state["global_step"] <= frozen:
+            untrained = (f"WARNING: the encoder is untrained: the run stopped at step "
+                         f"{state['global_step']}, within rule {cfg.rule.name}'s {frozen}-step warm-up "
+                         f"(rule.feedback_warmup) that leaves it untouched; its rows equal random init.")
+            print(untrained, file=sys.stderr)
         encoders.append((f"{cfg.rule.name}+{cfg.objective.name}", asm.rule.encoder, budget))
     if cfg.eval.random_init or not trained:
         encoders.append(("random-init", build_encoder(cfg, asm.recipe, asm.spec, asm.device), 0))
@@ -47,11 +79,12 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
                                  spec.num_classes, asm.device, seed=cfg.train.seed,
                                  progress=True if progress is None else progress)
         budgets[label] = seen
-    out = run_dir / "probe"
+    out = probe_stem(run_dir, overrides)
     write_csv(rows, out.with_suffix(".csv"))
     table = format_table(rows)
     budget = "; ".join(f"{k}: {v} images seen in SSL" for k, v in budgets.items())
-    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\nBudget — {budget}.\n\n{table}\n",
+    warn = f"{untrained}\n\n" if untrained else ""
+    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\n{warn}Budget — {budget}.\n\n{table}\n",
                       out.with_suffix(".md"))
     plot_rows(rows, out.with_suffix(".png"))
     return rows
