@@ -241,3 +241,22 @@ def test_eval_keeps_one_probe_table_per_settings(tmp_path, capfd):
     assert sorted(p.name for p in out.glob("probe*")) == [
         "probe-max_test=100.csv", "probe-max_test=100.md", "probe-max_test=100.png",
         "probe.csv", "probe.md", "probe.png"]
+
+
+def test_out_under_a_file_is_a_message(tmp_path, capsys):
+    (tmp_path / "f").write_text("not a directory")
+    assert cli(["train", "fmnist-bp-hinge", *TINY, "--out", str(tmp_path / "f" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the run directory" in err and "give a --out directory you can write" in err
+
+
+def test_loss_watch_flags_blow_ups_not_a_converged_loss_jumping():
+    from biossl.divergence import LossWatch
+    w = LossWatch(1000.0)
+    assert [w.check(x) for x in [1.0] * 20 + [1e-4] * 60] == [None] * 80
+    assert w.check(0.5) is None  # 5000× the recent median, but under 1000× the starting scale
+    assert "over 1000× its running median 1" in w.check(2000.0)
+    assert w.check(float("nan")) == "loss is nan" and w.check(float("inf")) == "loss is inf"
+    fresh = LossWatch(1000.0)
+    assert fresh.check(80.0) is None and "1.4e+30 is over 1000×" in fresh.check(1.4e30)  # step 2
+    assert LossWatch(None).check(1e30) is None  # the factor test off: only NaN/inf stop
