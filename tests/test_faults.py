@@ -260,3 +260,8 @@ def test_loss_watch_flags_blow_ups_not_a_converged_loss_jumping():
     fresh = LossWatch(1000.0)
     assert fresh.check(80.0) is None and "1.4e+30 is over 1000×" in fresh.check(1.4e30)  # step 2
     assert LossWatch(None).check(1e30) is None  # the factor test off: only NaN/inf stop
+
+
+def test_resume_of_a_missing_dir_creates_nothing(tmp_path, capsys):
+    assert cli(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "there is no directory" in capsys.readouterr().err and not (tmp_path / "nope").exists()

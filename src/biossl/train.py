@@ -337,35 +337,40 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, over
         raise ConfigError("--resume continues the run in the directory and --overwrite deletes it: give one")
     if not resume and cfg is None:
         raise ConfigError("give a CONFIG to train, or resume a run")
+    if resume and not run_dir.is_dir():
+        raise RunDirError(f"--resume: there is no directory {run_dir}; start a run there with: "
+                          f"biossl train CONFIG --out {q(run_dir)}")
     make_writable_dir(run_dir)
     with lock_run(run_dir), _StopFlag() as stop:
-        stray = remove_stray_temp_files(run_dir)
-        if stray:
-            _say(f"biossl: removed {len(stray)} temporary file(s) an earlier killed process left in "
-                 f"{run_dir}: {', '.join(stray)}\n")
-        if resume:
-            res = _prepare_resume(cfg, list(overrides), run_dir)
-        else:
-            contents = run_contents(run_dir)
-            if contents and not overwrite:
-                raise RunDirError(
-                    f"{run_dir} already holds a run ({_describe(run_dir, contents)}); continue it with "
-                    f"biossl train --resume {q(run_dir)}, delete it with --overwrite, or give another "
-                    f"--out directory")
-            if contents:
-                _say(f"biossl: --overwrite: deleting the previous run in {run_dir}: "
-                     f"{_describe(run_dir, contents)}\n")
-                remove_run_files(run_dir, contents)
-            if overrides:
-                cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
-            res = _Resume(cfg, None, {})
-        loop = _Loop(res, run_dir, stop, progress, stop_after_steps)
+        loop = None
         try:
+            stray = remove_stray_temp_files(run_dir)
+            if stray:
+                _say(f"biossl: removed {len(stray)} temporary file(s) an earlier killed process left "
+                     f"in {run_dir}: {', '.join(stray)}\n")
+            if resume:
+                res = _prepare_resume(cfg, list(overrides), run_dir)
+            else:
+                contents = run_contents(run_dir)
+                if contents and not overwrite:
+                    raise RunDirError(
+                        f"{run_dir} already holds a run ({_describe(run_dir, contents)}); continue it "
+                        f"with biossl train --resume {q(run_dir)}, delete it with --overwrite, or give "
+                        f"another --out directory")
+                if contents:
+                    _say(f"biossl: --overwrite: deleting the previous run in {run_dir}: "
+                         f"{_describe(run_dir, contents)}\n")
+                    remove_run_files(run_dir, contents)
+                if overrides:
+                    cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
+                res = _Resume(cfg, None, {})
+            loop = _Loop(res, run_dir, stop, progress, stop_after_steps)
             return loop.run()
-        except _StopNow as e:  # a second signal before training started
-            raise loop._interrupted(e.signum, saved_now=False, second=True) from None
-        except OSError as e:
-            raise _write_failed(e, run_dir, loop.saved_step) from None
+        except _StopNow as e:  # a second signal before the loop's own handling
+            if loop is not None:
+                raise loop._interrupted(e.signum, saved_now=False, second=True) from None
+            raise TrainingInterrupted(f"{signal.Signals(e.signum).name}: stopped before training "
+                                      f"started", e.signum) from None
 
 
 def _write_failed(e: OSError, run_dir: Path, saved_step: int | None) -> CheckpointWriteError:
@@ -424,21 +429,24 @@ class _Loop:
             self._restore(res.state)
             _check_resumable_changes(res, rule, self.epoch, self.step_in_epoch, run_dir)
             if self.epoch >= total_epochs:
+                longer = (f"biossl train --resume {q(run_dir)} train.epochs={2 * total_epochs}"
+                          if total_epochs == cfg.train.epochs else "start a new run")
                 _say(f"biossl: {run_dir} is finished ({total_epochs} epochs, global step "
-                     f"{self.global_step}): nothing to train. To train longer: biossl train --resume "
-                     f"{q(run_dir)} train.epochs={total_epochs + cfg.train.epochs}\n")
+                     f"{self.global_step}): nothing to train. To train longer: {longer}\n")
                 return {"run_dir": str(run_dir), "steps": self.global_step, "done": True, "resumed": True}
-            _trim_metrics(run_dir / METRICS, self.global_step)
-        # written only now: a run refused during set-up leaves the directory as it was
-        save_run_config(cfg, run_dir)
-        (run_dir / DIVERGED).unlink(missing_ok=True)
+        with self._writing():
+            if res.state is not None:
+                _trim_metrics(run_dir / METRICS, self.global_step)
+            # written only now: a run refused during set-up leaves the directory as it was
+            save_run_config(cfg, run_dir)
+            (run_dir / DIVERGED).unlink(missing_ok=True)
+            self.metrics_file = open(run_dir / METRICS, "a")
+            if res.changes:
+                _say(f"biossl: resuming with a changed config (applied from global step "
+                     f"{self.global_step}): {_show(res.changes)}\n")
+                self._log({"step": self.global_step, "event": "resume_config_change",
+                           "changed": {k: [a, b] for k, (a, b) in res.changes.items()}})
         writer = _tensorboard(run_dir, self.global_step if self.global_step else None)
-        self.metrics_file = open(run_dir / METRICS, "a")
-        if res.changes:
-            _say(f"biossl: resuming with a changed config (applied from global step {self.global_step}): "
-                 f"{_show(res.changes)}\n")
-            self._log({"step": self.global_step, "event": "resume_config_change",
-                       "changed": {k: [a, b] for k, (a, b) in res.changes.items()}})
         show = sys.stderr.isatty() if self.progress is None else self.progress
         bar = tqdm(total=total_steps, initial=self.epoch * steps_per_epoch + self.step_in_epoch,
                    disable=not show, desc=cfg.name, unit="step", dynamic_ncols=True)
@@ -477,9 +485,19 @@ class _Loop:
         self.watch.load_state_dict(state.get("loss_watch", {}))
 
     # ---------------------------------------------------------------- pieces
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write to the run directory (disk full, permissions) becomes a message
+        saying which checkpoint is intact."""
+        try:
+            yield
+        except OSError as e:
+            raise _write_failed(e, self.run_dir, self.saved_step) from None
+
     def _log(self, row: dict) -> None:
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
+        with self._writing():
+            self.metrics_file.write(json.dumps(row) + "\n")
+            self.metrics_file.flush()
 
     def _checkpoint(self, done: bool = False) -> None:
         state = {"rule": self.rule.state_dict(), "view_generator": self.view_gen.get_state(),
@@ -491,7 +509,7 @@ class _Loop:
             save_atomic(state, self.ckpt_path)
         except OSError as e:
             raise _write_failed(e, self.run_dir, self.saved_step) from None
-        except RuntimeError as e:  # torch wraps the writer's OSError
+        except RuntimeError as e:  # in case torch wraps the writer's OSError
             if is_disk_full(e):
                 raise _write_failed(OSError(28, "No space left on device"), self.run_dir, self.saved_step) from None
             raise
