@@ -2,9 +2,12 @@
 nothing saved lost: a full or read-only disk (real tmpfs mounts), a corrupt checkpoint, bad
 YAML in a run's config, divergence, an edited config on resume, DTP's warm-up, eval output."""
 import json
+import os
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -265,3 +268,25 @@ def test_loss_watch_flags_blow_ups_not_a_converged_loss_jumping():
 def test_resume_of_a_missing_dir_creates_nothing(tmp_path, capsys):
     assert cli(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "there is no directory" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_permission_denied_out_is_a_message(capsys):
+    base = Path(tempfile.mkdtemp(prefix="biossl-ro-"))  # outside root's 0700 pytest tmp dir
+    try:
+        base.chmod(0o555)
+        import biossl.data  # noqa: F401 — imported as root: nobody cannot read root's site-packages
+        import biossl.train  # noqa: F401
+        from biossl.registry import load_all
+        load_all()
+        os.seteuid(65534)  # 'nobody' for the call: a real EACCES (root may write anywhere)
+        try:
+            code = cli(["train", "fmnist-bp-hinge", *TINY, "--out", str(base / "run")])
+        finally:
+            os.seteuid(0)
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "(permission denied)" in err and "give a --out directory you can write" in err
+        assert not (base / "run").exists()
+    finally:
+        shutil.rmtree(base)
