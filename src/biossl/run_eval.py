@@ -12,7 +12,7 @@ from biossl.checkpoint import load, write_text_atomic
 from biossl.config import ConfigError, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
-from biossl.train import CHECKPOINT, config_changes, load_run_config
+from biossl.rundir import CHECKPOINT, config_changes, load_run_config
 
 
 def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:

@@ -1,5 +1,6 @@
 """A run directory as something one process owns: who trains it (an flock'ed lock file),
-what of a run is already in it, and the temporary files a kill left behind.
+what of a run is already in it, the temporary files a kill left behind, and its
+config.yaml (written, read with errors that say the fix, compared key by key).
 
 The lock is ``RUN_DIR/.lock`` held with ``flock``: the kernel drops it when the holder
 exits or is killed, so a stale lock never blocks; the file's text (pid, host, command,
@@ -20,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from biossl.checkpoint import temp_prefix
+import yaml
+
+from biossl.checkpoint import temp_prefix, write_text_atomic
+from biossl.config import ConfigError, RunConfig, build_config
 
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
@@ -40,6 +44,11 @@ class RunDirError(RuntimeError):
 
 class RunLocked(RunDirError):
     """Another live process trains this run directory."""
+
+
+def note(text: str) -> None:
+    """A line for the user on stderr, prefixed like every biossl message."""
+    print(f"biossl: {text}", file=sys.stderr, flush=True)
 
 
 def q(path: str | Path) -> str:
@@ -134,3 +143,48 @@ def remove_stray_temp_files(run_dir: Path) -> list[str]:
             p.unlink(missing_ok=True)
             removed.append(p.name)
     return sorted(removed)
+
+
+def run_config_text(cfg: RunConfig) -> str:
+    """The resolved config as a run directory stores it (every default written out)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_run_config(cfg: RunConfig, run_dir: str | Path) -> None:
+    write_text_atomic(run_config_text(cfg), Path(run_dir) / RUN_CONFIG)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config.yaml of a run; a missing, unreadable or invalid one is a clear error."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); "
+                          f"create one with: biossl train CONFIG --out {q(run_dir)}")
+    fix = (f"fix it by hand, or delete it and run biossl train --resume {q(run_dir)}, which "
+           f"rewrites it from the config stored in the checkpoint")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(e).split())}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections; {fix}")
+    try:
+        return build_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple]:
+    """{key: (old, new)} for every key whose value differs (flattened, 'train.lr')."""
+    a, b = flat_config(old.to_dict()), flat_config(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

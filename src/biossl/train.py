@@ -11,42 +11,39 @@ Run directory layout::
     RUN_DIR/diverged.json    where and why the run diverged (until it is resumed with a change)
     RUN_DIR/.lock            flock'ed while a process trains the run (see biossl.rundir)
 
-A run directory is trained by one process at a time; a directory holding anything of a run
-is only continued (``resume``) or, when asked, deleted first (``overwrite``).
-
-Resuming with a changed config (the run's config.yaml edited, or ``key=value`` overrides):
-the keys in :data:`APPLIED_ON_RESUME` take effect from the resume on (a new lr, weight decay
-or momentum is written into every optimizer; more epochs extend a finished run) and are
-recorded in config.yaml, the checkpoint and a ``resume_config_change`` row of metrics.jsonl;
-a change to any other key (shapes, data, views, seed, batch size, rule, objective) is refused
-with the list of changed keys, because the saved state or data order depends on it.
+A run directory is trained by one process at a time (biossl.rundir); a directory holding
+anything of a run is only continued or, when asked, deleted first, and a resume may change
+some keys of the config (biossl.resume). Signals: biossl.stopping. Blow-ups: biossl.divergence.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from biossl.assemble import Assembly, assemble
-from biossl.checkpoint import is_disk_full, load, save_atomic, write_text_atomic
-from biossl.config import ConfigError, RunConfig, TrainConfig, apply_overrides, build_config
+from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
+from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
 from biossl.divergence import LossWatch
+from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
+                           prepare_resume, remedy_settings, show_changes)
 from biossl.rules.base import NonFiniteLoss
 from biossl.rundir import (CHECKPOINT, DIVERGED, METRICS, RUN_CONFIG, TENSORBOARD, RunDirError,
-                           lock_run, make_writable_dir, q, remove_run_files,
-                           remove_stray_temp_files, run_contents)
+                           config_changes, load_run_config, lock_run, make_writable_dir, q,
+                           note, remove_stray_temp_files, run_config_text, save_run_config)
+from biossl.stopping import StopFlag, StopNow
 
 __all__ = ["CHECKPOINT", "RUN_CONFIG", "TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError",
-           "train", "load_run_config", "save_run_config", "run_config_text", "epoch_order"]
+           "train", "epoch_order", "autocast_for",
+           # the run's config file, re-exported for compare and run_eval
+           "load_run_config", "save_run_config", "run_config_text", "config_changes"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -57,119 +54,15 @@ class TrainingInterrupted(RuntimeError):
         self.exit_code = 128 + (signum or signal.SIGINT)
 
 
-class TrainingDiverged(RuntimeError):
-    """Raised when the loss becomes NaN/inf or explodes; the message says what was saved."""
-
-
 class CheckpointWriteError(RuntimeError):
     """A checkpoint (or metrics row) could not be written: disk full, permissions; the
     previous checkpoint is intact."""
-
-
-APPLIED_ON_RESUME = ("name", "train.epochs", "train.lr", "train.weight_decay", "train.momentum",
-                     "train.threads", "train.precision", "train.channels_last",
-                     "train.compile", "train.checkpoint_every", "train.checkpoint_minutes",
-                     "train.log_every", "train.divergence_factor", "rule.feedback_lr",
-                     "rule.diagnostics_every", "data.root", "data.download", "eval.")
-"""Config keys (or prefixes, ending in '.') a resumed run may change; nothing saved depends
-on them. Optimizer hyper-parameters are written into the restored optimizers."""
-
-
-DIVERGENCE_REMEDIES = ("train.lr", "train.weight_decay", "train.momentum", "train.precision",
-                       "train.divergence_factor", "rule.feedback_lr")
-"""Changes that let a diverged run be resumed (the same settings replay the same blow-up)."""
-
-
-def _remedy_settings(cfg: RunConfig) -> dict:
-    flat = _flat(cfg.to_dict())
-    return {k: flat.get(k) for k in DIVERGENCE_REMEDIES}
-
-
-def run_config_text(cfg: RunConfig) -> str:
-    """The resolved config as a run directory stores it (every default written out)."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def save_run_config(cfg: RunConfig, run_dir: str | Path) -> None:
-    write_text_atomic(run_config_text(cfg), Path(run_dir) / RUN_CONFIG)
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config.yaml of a run; a missing, unreadable or invalid one is a clear error."""
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); "
-                          f"create one with: biossl train CONFIG --out {q(run_dir)}")
-    fix = (f"fix it by hand, or delete it and run biossl train --resume {q(run_dir)}, which "
-           f"rewrites it from the config stored in the checkpoint")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(e).split())}); {fix}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections; {fix}")
-    try:
-        return build_config(raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The image order of one epoch: a function of (seed, epoch) only, so resume replays it."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def _say(text: str) -> None:
-    """Write to stderr from a signal handler (os.write: print() may be mid-call already)."""
-    try:
-        os.write(2, text.encode())
-    except OSError:
-        pass
-
-
-class _StopNow(BaseException):
-    """A second signal while a step runs: leave at once (not an Exception: nothing catches it)."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-
-
-class _StopFlag:
-    """First SIGINT/SIGTERM: a flag the loop checks after each step (it says so at once).
-    A second one: :class:`_StopNow` right away, except while a checkpoint is being written,
-    which is then finished first (``count`` tells the writer to stop after it), so the saved
-    state is never lost."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.count = 0
-        self.saving = False
-        self._old: dict = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: no handlers
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        self.count += 1
-        if self.signal is None:
-            self.signal = signum
-            _say(f"\nbiossl: {name} received: stopping after the current step, then saving a "
-                 f"checkpoint (send it again to stop at once; the last checkpoint stays intact)\n")
-        elif self.saving:
-            _say(f"\nbiossl: {name} again: finishing the checkpoint being written, then stopping\n")
-        else:
-            raise _StopNow(signum)
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def autocast_for(cfg: RunConfig, device: torch.device):
@@ -204,131 +97,13 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
     write_text_atomic("".join(ln + "\n" for ln in keep), path)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple]:
-    """{key: (old, new)} for every key whose value differs (flattened, 'train.lr')."""
-    a, b = _flat(old.to_dict()), _flat(new.to_dict())
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def _applied_on_resume(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in APPLIED_ON_RESUME)
-
-
-def _show(changes: dict[str, tuple]) -> str:
-    return "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items())
-
-
-def _describe(run_dir: Path, names: list[str]) -> str:
-    """The run files, with what they hold (for --overwrite and refusals)."""
-    out = []
-    for name in names:
-        p = run_dir / name
-        if name == CHECKPOINT:
-            try:
-                st = load(p)
-                out.append(f"{name} (epoch {st['epoch']}, global step {st['global_step']})")
-            except Exception:
-                out.append(f"{name} (unreadable)")
-        elif name == METRICS:
-            out.append(f"{name} ({sum(1 for ln in p.read_text().splitlines() if ln.strip())} rows)")
-        elif p.is_dir():
-            out.append(f"{name}/")
-        else:
-            out.append(name)
-    return ", ".join(out)
-
-
-class _Resume:
-    """What a resumed run starts from: its config (possibly changed) and its saved state."""
-
-    def __init__(self, cfg: RunConfig, state: dict | None, changes: dict[str, tuple]):
-        self.cfg, self.state, self.changes = cfg, state, changes
-
-
-def _prepare_resume(cfg: RunConfig | None, overrides: list[str], run_dir: Path) -> _Resume:
-    contents = run_contents(run_dir)
-    if not contents:
-        raise RunDirError(f"--resume: {run_dir} holds no run; start one with: "
-                          f"biossl train CONFIG --out {q(run_dir)}")
-    ckpt = run_dir / CHECKPOINT
-    state = load(ckpt) if ckpt.is_file() else None
-    stored = None
-    if state is not None:
-        try:
-            stored = build_config(state["config"])
-        except ConfigError as e:
-            raise RunDirError(f"the config stored in {ckpt} is no longer valid ({e}); this run was "
-                              f"made by another version of biossl: continue it with that version") from None
-    if cfg is None:
-        if (run_dir / RUN_CONFIG).is_file():
-            cfg = load_run_config(run_dir)
-        elif stored is not None:
-            _say(f"biossl: {run_dir / RUN_CONFIG} is missing: rewriting it from the checkpoint's config\n")
-            cfg = stored
-        else:
-            raise RunDirError(f"--resume: {run_dir} has neither config.yaml nor checkpoint.pt "
-                              f"(only {', '.join(contents)}); start it again: biossl train CONFIG "
-                              f"--out {q(run_dir)} --overwrite")
-    if overrides:
-        cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
-    if state is None:
-        # stopped before its first checkpoint: nothing to continue; the same config from step 0
-        stale = [n for n in contents if n != RUN_CONFIG]
-        _say(f"biossl: {run_dir} has no checkpoint yet (it stopped before its first one): "
-             f"training from step 0 with its config" + (f"; replacing {', '.join(stale)}" if stale else "") + "\n")
-        remove_run_files(run_dir, stale)
-        return _Resume(cfg, None, {})
-    changes = config_changes(stored, cfg)
-    refused = {k: v for k, v in changes.items() if not _applied_on_resume(k)}
-    if refused:
-        raise ConfigError(
-            f"cannot resume {run_dir}: its config differs from the one its checkpoint was trained "
-            f"with in keys the saved state or the data order depends on: {_show(refused)}. Fix: put "
-            f"those values back (in {run_dir / RUN_CONFIG}, or drop those overrides), or train the "
-            f"new config as a new run: biossl train {q(run_dir / RUN_CONFIG)} --out NEW_DIR. A resume "
-            f"may change only: {', '.join(k + '*' if k.endswith('.') else k for k in APPLIED_ON_RESUME)}")
-    info = json.loads((run_dir / DIVERGED).read_text()) if (run_dir / DIVERGED).is_file() else None
-    if info is not None and info.get("settings") == _remedy_settings(cfg):
-        raise TrainingDiverged(
-            f"{run_dir} diverged at global step {info.get('global_step')} ({info.get('reason')}); "
-            f"resuming with the same settings replays the same batches and diverges again. Fix: "
-            f"{info.get('fix')}")
-    return _Resume(cfg, state, changes)
-
-
-def _check_resumable_changes(res: _Resume, rule, epoch: int, step_in_epoch: int, run_dir: Path) -> None:
-    """Refuse epoch changes the saved position or schedule cannot follow."""
-    if "train.epochs" not in res.changes:
-        return
-    old, new = res.changes["train.epochs"]
-    if rule.num_epochs() != res.cfg.train.epochs:
-        raise ConfigError(f"cannot resume {run_dir} with train.epochs {old} → {new}: for rule "
-                          f"{res.cfg.rule.name} train.epochs is per stage, so the change would move the "
-                          f"stages' schedule under the saved state. Fix: put train.epochs={old} back, or "
-                          f"start a new run with the new value")
-    started = epoch + (1 if step_in_epoch else 0)
-    if new < started:
-        raise ConfigError(f"cannot resume {run_dir} with train.epochs={new}: {started} epochs have "
-                          f"already been trained. Fix: give train.epochs ≥ {started}")
-
-
 def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           overrides: list[str] = (), progress: bool | None = None,
           stop_after_steps: int | None = None) -> dict:
     """Train ``cfg`` into ``run_dir``; returns a summary dict.
 
     ``resume``: continue the run in ``run_dir``; ``cfg`` (default: its config.yaml) and
-    ``overrides`` may change the keys in :data:`APPLIED_ON_RESUME`. ``overwrite``: delete a
+    ``overrides`` may change the keys in :data:`biossl.resume.APPLIED_ON_RESUME`. ``overwrite``: delete a
     previous run in ``run_dir`` first (it says what it deletes). ``stop_after_steps``
     simulates an interruption after that many global steps (tests).
     """
@@ -341,34 +116,20 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, over
         raise RunDirError(f"--resume: there is no directory {run_dir}; start a run there with: "
                           f"biossl train CONFIG --out {q(run_dir)}")
     make_writable_dir(run_dir)
-    with lock_run(run_dir), _StopFlag() as stop:
+    with lock_run(run_dir), StopFlag() as stop:
         loop = None
         try:
             stray = remove_stray_temp_files(run_dir)
             if stray:
-                _say(f"biossl: removed {len(stray)} temporary file(s) an earlier killed process left "
-                     f"in {run_dir}: {', '.join(stray)}\n")
-            if resume:
-                res = _prepare_resume(cfg, list(overrides), run_dir)
-            else:
-                contents = run_contents(run_dir)
-                if contents and not overwrite:
-                    raise RunDirError(
-                        f"{run_dir} already holds a run ({_describe(run_dir, contents)}); continue it "
-                        f"with biossl train --resume {q(run_dir)}, delete it with --overwrite, or give "
-                        f"another --out directory")
-                if contents:
-                    _say(f"biossl: --overwrite: deleting the previous run in {run_dir}: "
-                         f"{_describe(run_dir, contents)}\n")
-                    remove_run_files(run_dir, contents)
-                if overrides:
-                    cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
-                res = _Resume(cfg, None, {})
+                note(f"removed {len(stray)} temporary file(s) an earlier killed process left "
+                     f"in {run_dir}: {', '.join(stray)}")
+            res = (prepare_resume(cfg, list(overrides), run_dir) if resume
+                   else prepare_fresh(cfg, list(overrides), run_dir, overwrite))
             loop = _Loop(res, run_dir, stop, progress, stop_after_steps)
             return loop.run()
-        except _StopNow as e:  # a second signal before the loop's own handling
+        except StopNow as e:  # a second signal before the loop's own handling
             if loop is not None:
-                raise loop._interrupted(e.signum, saved_now=False, second=True) from None
+                raise loop.stopped(e.signum, saved_now=False, second=True) from None
             raise TrainingInterrupted(f"{signal.Signals(e.signum).name}: stopped before training "
                                       f"started", e.signum) from None
 
@@ -376,7 +137,7 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, over
 def _write_failed(e: OSError, run_dir: Path, saved_step: int | None) -> CheckpointWriteError:
     what = "disk full" if is_disk_full(e) else f"{type(e).__name__}: {e}"
     saved = ("the previous checkpoint (global step %d) is intact" % saved_step if saved_step is not None
-             else "nothing of it is lost that was saved before")
+             else "no checkpoint had been written yet")
     fix = (f"free space on that disk (df -h {q(run_dir)})" if is_disk_full(e)
            else "make the directory writable")
     return CheckpointWriteError(f"{what} while writing to {run_dir}: this run stopped; {saved}. Fix: "
@@ -386,7 +147,7 @@ def _write_failed(e: OSError, run_dir: Path, saved_step: int | None) -> Checkpoi
 class _Loop:
     """One training process on a locked run directory."""
 
-    def __init__(self, res: _Resume, run_dir: Path, stop: _StopFlag, progress, stop_after_steps):
+    def __init__(self, res: StartPoint, run_dir: Path, stop: StopFlag, progress, stop_after_steps):
         self.res, self.cfg, self.run_dir, self.stop = res, res.cfg, run_dir, stop
         self.ckpt_path = run_dir / CHECKPOINT
         self.progress, self.stop_after_steps = progress, stop_after_steps
@@ -427,12 +188,12 @@ class _Loop:
         self.epoch, self.step_in_epoch, self.global_step, self.elapsed = 0, 0, 0, 0.0
         if res.state is not None:
             self._restore(res.state)
-            _check_resumable_changes(res, rule, self.epoch, self.step_in_epoch, run_dir)
+            check_resumable_changes(res, rule, self.epoch, self.step_in_epoch, run_dir)
             if self.epoch >= total_epochs:
                 longer = (f"biossl train --resume {q(run_dir)} train.epochs={2 * total_epochs}"
                           if total_epochs == cfg.train.epochs else "start a new run")
-                _say(f"biossl: {run_dir} is finished ({total_epochs} epochs, global step "
-                     f"{self.global_step}): nothing to train. To train longer: {longer}\n")
+                note(f"{run_dir} is finished ({total_epochs} epochs, global step "
+                     f"{self.global_step}): nothing to train. To train longer: {longer}")
                 return {"run_dir": str(run_dir), "steps": self.global_step, "done": True, "resumed": True}
         with self._writing():
             if res.state is not None:
@@ -442,8 +203,8 @@ class _Loop:
             (run_dir / DIVERGED).unlink(missing_ok=True)
             self.metrics_file = open(run_dir / METRICS, "a")
             if res.changes:
-                _say(f"biossl: resuming with a changed config (applied from global step "
-                     f"{self.global_step}): {_show(res.changes)}\n")
+                note(f"resuming with a changed config (applied from global step "
+                     f"{self.global_step}): {show_changes(res.changes)}")
                 self._log({"step": self.global_step, "event": "resume_config_change",
                            "changed": {k: [a, b] for k, (a, b) in res.changes.items()}})
         writer = _tensorboard(run_dir, self.global_step if self.global_step else None)
@@ -453,8 +214,8 @@ class _Loop:
         try:
             return self._train(images, recipe, device, bs, n, steps_per_epoch, total_epochs, bar,
                                writer, show)
-        except _StopNow as e:
-            raise self._interrupted(e.signum, saved_now=False, second=True) from None
+        except StopNow as e:
+            raise self.stopped(e.signum, saved_now=False, second=True) from None
         finally:
             bar.close()
             self.metrics_file.close()
@@ -518,18 +279,16 @@ class _Loop:
         self.saved_step, self.loss_on_saved = self.global_step, None
         self.last_save = time.monotonic()
         if self.stop.count >= 2:  # the second signal came while this checkpoint was written
-            raise self._interrupted(self.stop.signal, saved_now=True, second=True)
+            raise self.stopped(self.stop.signal, saved_now=True, second=True)
 
-    def _interrupted(self, signum: int | None, saved_now: bool, second: bool = False) -> TrainingInterrupted:
+    def stopped(self, signum: int | None, saved_now: bool, second: bool = False) -> TrainingInterrupted:
         name = signal.Signals(signum).name if signum else "stop"
         where = f"epoch {self.epoch}, step {self.step_in_epoch} (global step {self.global_step})"
         if saved_now:
             saved = f"checkpoint written to {self.ckpt_path}"
         elif self.saved_step is not None:
-            saved = (f"the step in progress is not saved; the checkpoint {self.ckpt_path} from global "
-                     f"step {self.saved_step} is intact" if self.global_step > self.saved_step or second
-                     else f"no step had run; the checkpoint {self.ckpt_path} from global step "
-                          f"{self.saved_step} is intact")
+            saved = (f"nothing after global step {self.saved_step} is saved; the checkpoint "
+                     f"{self.ckpt_path} from global step {self.saved_step} is intact")
         else:
             saved = "nothing was saved yet (no step had finished)"
         how = "second " if second else ""
@@ -558,7 +317,7 @@ class _Loop:
             fix = (f"resume it with a lower learning rate (applied to every optimizer): biossl train "
                    f"--resume {q(run_dir)} train.lr={lr:.2g}, or start again: {restart}")
         write_text_atomic(json.dumps({"global_step": self.global_step + 1, "reason": reason,
-                                      "settings": _remedy_settings(cfg), "checkpoint_step": self.saved_step,
+                                      "settings": remedy_settings(cfg), "checkpoint_step": self.saved_step,
                                       "fix": fix}), run_dir / DIVERGED)
         return TrainingDiverged(f"{where} {truth} Fix: {fix}")
 
@@ -576,7 +335,7 @@ class _Loop:
             t_epoch = time.perf_counter()
             while self.step_in_epoch < steps_per_epoch:
                 if stop.signal is not None and steps_here == 0:  # a signal during set-up
-                    raise self._interrupted(stop.signal, saved_now=False)
+                    raise self.stopped(stop.signal, saved_now=False)
                 t0 = time.perf_counter()
                 idx = order[self.step_in_epoch * bs:(self.step_in_epoch + 1) * bs]
                 x = images[idx.to(images.device)].to(device, non_blocking=True)
@@ -617,7 +376,7 @@ class _Loop:
                         or time.monotonic() - self.last_save >= every_s):
                     self._checkpoint()
                 if halt:
-                    raise self._interrupted(stop.signal, saved_now=True)
+                    raise self.stopped(stop.signal, saved_now=True)
             print(f"[{cfg.name}] epoch {self.epoch + 1}/{total_epochs} loss {last_loss:.4g} "
                   f"({time.perf_counter() - t_epoch:.1f}s)", file=sys.stderr if show else sys.stdout,
                   flush=True)
