@@ -290,3 +290,4 @@ def test_permission_denied_out_is_a_message(capsys):
         assert not (base / "run").exists()
     finally:
         shutil.rmtree(base)
+

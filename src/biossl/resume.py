@@ -72,13 +72,17 @@ def describe(run_dir: Path, names: list[str]) -> str:
 
 
 class StartPoint:
-    """What a resumed run starts from: its config (possibly changed) and its saved state."""
+    """What a training process starts from: the config (for a resume: possibly changed, with
+    ``changes`` {key: (old, new)}) and the saved state (None: step 0)."""
 
     def __init__(self, cfg: RunConfig, state: dict | None, changes: dict[str, tuple]):
         self.cfg, self.state, self.changes = cfg, state, changes
 
 
 def prepare_resume(cfg: RunConfig | None, overrides: list[str], run_dir: Path) -> StartPoint:
+    """Continue the run in ``run_dir`` with ``cfg`` (default: its config.yaml, or the
+    checkpoint's when that file is gone) plus ``overrides``; refuses changes the saved state
+    depends on and a diverged run resumed with the settings that made it diverge."""
     contents = run_contents(run_dir)
     if not contents:
         raise RunDirError(f"--resume: {run_dir} holds no run; start one with: "
@@ -104,6 +108,12 @@ def prepare_resume(cfg: RunConfig | None, overrides: list[str], run_dir: Path) -
                               f"--out {q(run_dir)} --overwrite")
     if overrides:
         cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
+    info = json.loads((run_dir / DIVERGED).read_text()) if (run_dir / DIVERGED).is_file() else None
+    if info is not None and info.get("settings") == remedy_settings(cfg):
+        raise TrainingDiverged(
+            f"{run_dir} diverged at global step {info.get('global_step')} ({info.get('reason')}); "
+            f"resuming with the same settings replays the same batches and diverges again. Fix: "
+            f"{info.get('fix')}")
     if state is None:
         # stopped before its first checkpoint: nothing to continue; the same config from step 0
         stale = [n for n in contents if n != RUN_CONFIG]
@@ -120,12 +130,6 @@ def prepare_resume(cfg: RunConfig | None, overrides: list[str], run_dir: Path) -
             f"those values back (in {run_dir / RUN_CONFIG}, or drop those overrides), or train the "
             f"new config as a new run: biossl train {q(run_dir / RUN_CONFIG)} --out NEW_DIR. A resume "
             f"may change only: {', '.join(k + '*' if k.endswith('.') else k for k in APPLIED_ON_RESUME)}")
-    info = json.loads((run_dir / DIVERGED).read_text()) if (run_dir / DIVERGED).is_file() else None
-    if info is not None and info.get("settings") == remedy_settings(cfg):
-        raise TrainingDiverged(
-            f"{run_dir} diverged at global step {info.get('global_step')} ({info.get('reason')}); "
-            f"resuming with the same settings replays the same batches and diverges again. Fix: "
-            f"{info.get('fix')}")
     return StartPoint(cfg, state, changes)
 
 
