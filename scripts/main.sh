@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${OUT:-runs/main}
-if [ -f "$OUT/checkpoint.pt" ]; then
+if [ -f "$OUT/config.yaml" ]; then  # resumes (or restarts a run killed before its first checkpoint)
   biossl train --resume "$OUT"
 else
   biossl train fmnist-bp-hinge --out "$OUT" "$@"

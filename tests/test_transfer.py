@@ -48,9 +48,9 @@ def test_eval_on_digits_resizes_and_keeps_the_main_table(tmp_path, capsys):
     main_table = (run / "probe.csv").read_text()
     assert main(["eval", str(run), "--set", "eval.dataset=digits"]) == 0
     assert (run / "probe.csv").read_text() == main_table          # not overwritten
-    md = (run / "probe-digits.md").read_text()
+    md = (run / "probe-dataset=digits.md").read_text()
     assert "probe on digits" in md and "bilinear 8×8→28×28" in md
-    assert "probe-digits" in capsys.readouterr().out
+    assert "probe-dataset=digits" in capsys.readouterr().out
     assert main(["eval", str(run), "--set", "eval.dataset=digits", "--set", "eval.resize=false"]) == 2
     err = capsys.readouterr().err
     assert "image shapes differ" in err and "eval.resize=true" in err

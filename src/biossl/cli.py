@@ -64,18 +64,28 @@ def _default_out(name: str) -> Path:
 
 def _cmd_train(args) -> int:
     from biossl.config import load_config
+    from biossl.rundir import q
     from biossl.train import train
     if args.resume:
-        if args.config or args.overrides:
-            raise ConfigError("--resume RUN_DIR takes the run's own config; drop CONFIG and overrides")
-        summary = train(None, args.resume, resume=True)
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--out is not used with --resume: the run continues in {args.resume}; "
+                              f"drop --out {q(args.out)}")
+        if args.overwrite:
+            raise ConfigError("--resume continues the run and --overwrite deletes it: give one")
+        # the positional CONFIG slot holds the first override here (train --resume RUN train.lr=X)
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"--resume RUN_DIR continues the run with its own config.yaml; drop "
+                              f"{bad[0]!r} (only key=value overrides may follow, e.g. train.lr=1e-4)")
+        summary = train(None, args.resume, resume=True, overrides=overrides)
         run_dir = args.resume
     else:
         if not args.config:
             raise ConfigError("give a CONFIG (a YAML path or a recipe name: biossl list), or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
         run_dir = args.out or _default_out(cfg.name)
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, overwrite=args.overwrite)
     print(json.dumps(summary))
     if args.eval:
         return _eval(run_dir, [])
@@ -84,10 +94,11 @@ def _cmd_train(args) -> int:
 
 def _eval(run_dir, overrides) -> int:
     from biossl.evaluate import format_table
-    from biossl.run_eval import evaluate_run, probe_path
+    from biossl.run_eval import evaluate_run, probe_stem
     rows = evaluate_run(run_dir, overrides)
     print(format_table(rows))
-    print(f"\nwritten: {probe_path(run_dir, overrides)}.csv, .md, .png")
+    stem = probe_stem(run_dir, overrides)
+    print(f"\nwritten: {stem.with_suffix('.csv')}, {stem.name}.md, {stem.name}.png")
     return 0
 
 
@@ -134,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="YAML path or recipe name (biossl list)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 rule.name=gll")
     s.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    s.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its checkpoint; key=value overrides may change lr, "
+                        "epochs and the other keys a resume can apply (others are refused)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="delete a previous run in --out first (it lists what it deletes)")
     s.add_argument("--eval", action="store_true", help="run the probe table after training")
     s.set_defaults(fn=_cmd_train)
     s = sub.add_parser("eval", help="per-stage probe table of a run (and its random-init encoder)")
@@ -162,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from biossl.train import TrainingDiverged, TrainingInterrupted
+    from biossl.checkpoint import CorruptCheckpoint
+    from biossl.rundir import RunDirError
+    from biossl.train import CheckpointWriteError, TrainingDiverged, TrainingInterrupted
     try:
         from biossl.data import DatasetError
     except ImportError:  # pragma: no cover
@@ -171,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except TrainingInterrupted as e:
         print(f"biossl: {e}", file=sys.stderr)
-        return 130
-    except (ConfigError, DatasetError, TrainingDiverged, FileNotFoundError, FileExistsError, KeyError) as e:
+        return e.exit_code
+    except (ConfigError, DatasetError, TrainingDiverged, RunDirError, CorruptCheckpoint,
+            CheckpointWriteError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"biossl: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permission denied, disk full outside a checkpoint: a message, not a traceback
+        from biossl.checkpoint import is_disk_full
+        what = "disk full" if is_disk_full(e) else (e.strerror or str(e))
+        print(f"biossl: error: {what}: {e.filename or ''} ({e}); free space or choose a "
+              f"writable location, then run the command again", file=sys.stderr)
         return 2
 
 

@@ -175,8 +175,8 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: lis
     t0 = time.time()
     summary = {}
     if trained:
-        ckpt = cell_dir / "checkpoint.pt"
-        summary = train(None if ckpt.exists() else cfg, cell_dir, resume=ckpt.exists())
+        # a cell killed before its first checkpoint has only config.yaml: resume restarts it
+        summary = train(cfg, cell_dir, resume=(cell_dir / RUN_CONFIG).is_file())
     else:
         cell_dir.mkdir(parents=True, exist_ok=True)
         save_run_config(cfg, cell_dir)

@@ -82,6 +82,13 @@ class TrainConfig:
     """Log metrics every N steps."""
     max_steps_per_epoch: PositiveInt | None = None
     """Cap steps per epoch (quick runs, benchmarks)."""
+    checkpoint_minutes: PositiveFloat = 5.0
+    """Also write a checkpoint when this many minutes of wall time passed since the last one,
+    so a kill (OOM, SIGKILL) loses at most that much; one is also written after a new run's
+    first step, so a run that cannot save fails at once rather than hours later."""
+    divergence_factor: Annotated[float, Range(1, min_open=True)] | None = 1000.0
+    """Stop as diverged when |loss| exceeds this multiple of its running median (floored by
+    the median of the first 20 losses; see biossl.divergence); None: stop only on NaN/inf."""
 
     def validate(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):

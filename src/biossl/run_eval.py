@@ -2,8 +2,10 @@
 the random-init encoder of the same seed, written as CSV, markdown and a PNG plot."""
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
 from pathlib import Path
-
 
 from biossl.assemble import assemble, build_encoder
 from biossl.checkpoint import load, write_text_atomic
@@ -11,7 +13,25 @@ from biossl.config import ConfigError, RunConfig, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.data.resize import fit_images, resize_note
 from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
-from biossl.train import CHECKPOINT, load_run_config
+from biossl.rundir import CHECKPOINT, config_changes, load_run_config
+
+
+def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
+    """Where a probe table goes: ``probe`` for the run's own eval settings, ``probe-KEY=VALUE…``
+    for other settings (eval.* overrides, another dataset), so each settings keeps its table
+    and a re-run with the same settings replaces only its own."""
+    run_dir = Path(run_dir)
+    if not overrides:
+        return run_dir / "probe"
+    base = load_run_config(run_dir)
+    changes = config_changes(base, build_config(apply_overrides(base.to_dict(), list(overrides))))
+    if not changes:
+        return run_dir / "probe"
+    slug = "_".join(f"{k.removeprefix('eval.')}={new}" for k, (_, new) in changes.items())
+    slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", slug)
+    if len(slug) > 80:
+        slug = slug[:60] + "_" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return run_dir / f"probe-{slug}"
 
 
 def _eval_config(run_dir: Path, overrides) -> RunConfig:
@@ -19,17 +39,6 @@ def _eval_config(run_dir: Path, overrides) -> RunConfig:
     if overrides:
         cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
     return cfg
-
-
-def _probe_stem(run_dir: Path, cfg: RunConfig) -> Path:
-    """probe.* for the training dataset; probe-DATASET.* for a transfer probe (kept beside it)."""
-    dataset = cfg.eval.dataset or cfg.data.name
-    return Path(run_dir) / ("probe" if dataset == cfg.data.name else f"probe-{dataset}")
-
-
-def probe_path(run_dir: str | Path, overrides: list[str] = ()) -> Path:
-    """Stem of the files ``evaluate_run(run_dir, overrides)`` writes (.csv, .md, .png)."""
-    return _probe_stem(Path(run_dir), _eval_config(Path(run_dir), overrides))
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
@@ -59,11 +68,23 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
         except ValueError as e:
             raise ConfigError(f"cannot probe {dataset} with an encoder trained on {cfg.data.name}: {e}") from None
         note = resize_note(spec.image_shape, asm.spec.image_shape)
-    encoders, budgets = [], {}
+    encoders, budgets, untrained = [], {}, ""
     if trained:
         state = load(run_dir / CHECKPOINT, map_location="cpu")
-        asm.rule.load_state_dict(state["rule"])
+        try:
+            asm.rule.load_state_dict(state["rule"])
+        except (RuntimeError, ValueError, KeyError):
+            changed = config_changes(build_config(state["config"]), load_run_config(run_dir))
+            raise ConfigError(f"the checkpoint in {run_dir} does not fit its config.yaml, edited since "
+                              f"training ({'; '.join(f'{k}: {a!r} → {b!r}' for k, (a, b) in changed.items())}); "
+                              f"put those values back to probe it") from None
         budget = state["global_step"] * cfg.train.batch_size
+        frozen = asm.rule.encoder_frozen_steps()
+        if state["global_step"] <= frozen:
+            untrained = (f"WARNING: the encoder is untrained: the run stopped at step "
+                         f"{state['global_step']}, within rule {cfg.rule.name}'s {frozen}-step warm-up "
+                         f"(rule.feedback_warmup) that leaves it untouched; its rows equal random init.")
+            print(untrained, file=sys.stderr)
         encoders.append((f"{cfg.rule.name}+{cfg.objective.name}", asm.rule.encoder, budget))
     if cfg.eval.random_init or not trained:
         encoders.append(("random-init", build_encoder(cfg, asm.recipe, asm.spec, asm.device), 0))
@@ -75,11 +96,12 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
     if note:
         for r in rows:
             r.protocol = f"{r.protocol} | {dataset} {note}"
-    out = _probe_stem(run_dir, cfg)
+    out = probe_stem(run_dir, overrides)
     write_csv(rows, out.with_suffix(".csv"))
     table = format_table(rows)
     budget = "; ".join(f"{k}: {v} images seen in SSL" for k, v in budgets.items())
-    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\nBudget — {budget}.\n\n{table}\n",
+    warn = f"{untrained}\n\n" if untrained else ""
+    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\n{warn}Budget — {budget}.\n\n{table}\n",
                       out.with_suffix(".md"))
     plot_rows(rows, out.with_suffix(".png"))
     return rows

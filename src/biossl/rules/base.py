@@ -66,6 +66,11 @@ class Rule(nn.Module):
     def step(self, batch: ViewBatch) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
+    def encoder_frozen_steps(self) -> int:
+        """Steps at the start of training during which the rule leaves the encoder untouched
+        (DTP's feedback warm-up); a run no longer than this trains nothing. 0 by default."""
+        return 0
+
     def stage_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups, one per stage (forward weights only)."""
         return {f"stage{i}": list(s.parameters()) for i, s in enumerate(self.encoder.stages)}

@@ -155,6 +155,9 @@ class DTP(Rule):
         self.steps_done = 0
         self.last_angles: dict[str, float] = {}
 
+    def encoder_frozen_steps(self) -> int:
+        return self.cfg.feedback_warmup
+
     # ---- pieces of a step (each usable on its own: tests, diagnostics) ----------------
     def inverse(self, l: int) -> nn.Module:
         """g_l, the learned inverse of stage l (l ≥ 1)."""
