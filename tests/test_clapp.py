@@ -386,7 +386,7 @@ def test_explicit_rule_rejects_what_it_cannot_do():
 
 # --------------------------------------------------------------------------- the rule
 def tiny_rule(mode="autograd", objective="clapp", dtype=torch.float64, seed=0, pool=(False, True, True),
-              channels=(3, 4, 5), lr=1e-2, **clapp):
+              channels=(3, 4, 5), lr=1e-2, draws="lockstep", **clapp):
     torch.manual_seed(seed)
     enc = convstack(ConvStackConfig(channels=list(channels), pool=list(pool), bias=True), 1).to(dtype)
     shapes = enc.out_shapes((1, 8, 8))
@@ -394,7 +394,7 @@ def tiny_rule(mode="autograd", objective="clapp", dtype=torch.float64, seed=0, p
         make = lambda i: ClappObjective(ClappConfig(seed=seed, **clapp), shapes[i]).to(dtype)  # noqa: E731
     else:
         make = lambda i: InfoNCEObjective(InfoNCEConfig(seed=seed), shapes[i]).to(dtype)  # noqa: E731
-    return LayerLocal(LocalConfig(mode), enc, make, TrainConfig(lr=lr, seed=seed))
+    return LayerLocal(LocalConfig(mode, draws), enc, make, TrainConfig(lr=lr, seed=seed))
 
 
 def test_rule_registry_and_config():
@@ -523,3 +523,22 @@ def test_pred_init_scales_w_pred_and_w_retro_and_is_validated():
     assert not torch.equal(small.w_retro.detach(), small.w_pred.detach().transpose(1, 2))
     with pytest.raises(ValueError, match="pred_init"):
         ClappConfig(pred_init=-1.0).validate()
+
+
+def test_per_stage_draws_give_every_stage_its_own_coin_and_negatives():
+    """Official CLAPP: each layer tosses its own coin and draws its own negatives."""
+    assert LocalConfig().draws == "lockstep"
+
+    def draws(rule):
+        return [o.draw(32, [6, 6]) for o in rule.objectives]
+
+    lock = draws(tiny_rule(**OFFICIAL_CLAPP))
+    assert all(torch.equal(x.steps[0].use, lock[0].steps[0].use) for x in lock)
+    own = draws(tiny_rule(draws="per_stage", **OFFICIAL_CLAPP))
+    assert not torch.equal(own[0].steps[0].use, own[1].steps[0].use)
+    assert not torch.equal(own[1].steps[0].index, own[2].steps[0].index)
+    # stage 0 keeps the base stream
+    assert torch.equal(own[0].steps[0].index, lock[0].steps[0].index)
+    assert torch.equal(own[0].mirror[1].use, lock[0].mirror[1].use)
+    with pytest.raises(ValueError, match="draws"):
+        LocalConfig(draws="independent").validate()

@@ -40,6 +40,8 @@ def test_clapp_stl10_uses_the_official_forms():
         if cfg.objective.name != "clapp":
             continue
         obj = cfg.objective.params
+        if cfg.rule.name == "clapp":
+            assert cfg.rule.params.draws == "per_stage", label
         if obj.sampling == "both":  # CLAPP-s
             assert (obj.negative_draw, obj.negatives, obj.feedback) == ("any_location", 16, "transpose"), label
         else:  # CLAPP, its explicit rule, hinge-loss CPC

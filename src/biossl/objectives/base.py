@@ -27,6 +27,11 @@ class Objective(nn.Module):
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def separate_draws(self, stage: int) -> None:
+        """Give this objective's random draws (negatives, coins) a stream of their own for
+        stage ``stage``, instead of the stream every stage's copy starts from. Objectives
+        without random draws have nothing to do."""
+
 
 PoolMode = Literal["adaptive", "window"]
 

@@ -136,7 +136,8 @@ class ClappConfig:
     seed: int | None = None
     """Seed of the objective's own draws (negatives, coins); None: torch's initial seed (the run
     seed). Every stage's objective starts from the same seed, so at each step all stages make
-    the same positive/negative choice — the whole network sees the same next glimpse."""
+    the same positive/negative choice — the whole network sees the same next glimpse —
+    unless the rule separates them (``rule.draws: per_stage``, the official code)."""
 
     def validate(self) -> None:
         if self.steps < 1:
