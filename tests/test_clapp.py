@@ -28,30 +28,74 @@ def rel(a, b):
 
 
 # --------------------------------------------------------------------------- reference
+def positions(obj, batch):
+    """Locations P of every step's contexts: (rows − k − 1) · cols for k = 1…K used."""
+    rows, cols = batch.grid
+    return [(rows - k - 1) * cols for k in range(1, min(obj.cfg.steps, rows - 2) + 1)]
+
+
+def term_weights(cfg, use, p, n_steps):
+    """DESIGN.md's normalisation per term (1 + J, n): 'both' — mean over images; 'either' —
+    over b/2 ('half_batch') or over the images whose coin chose that kind ('coin_counts')."""
+    j, n = use.shape[0] - 1, use.shape[1]
+    w = torch.zeros(use.shape, dtype=torch.float64)
+    n_pos, n_neg = int(use[0].sum()), int(use[1].sum())
+    for row in range(1 + j):
+        for i in range(n):
+            if not use[row, i]:
+                continue
+            if cfg.sampling == "both":
+                images = n
+            elif cfg.either_divisor == "half_batch":
+                images = n / 2
+            else:
+                images = n_pos if row == 0 else n_neg
+            w[row, i] = 1.0 / (images * p * n_steps * (1 if row == 0 else j))
+    return w
+
+
+def hinge_terms(score, d, cfg, z_flat, p, n_steps):
+    """Σ over terms of weight · hinge, the future of each term looked up in d.index."""
+    w = term_weights(cfg, d.use, p, n_steps)
+    total = 0.0
+    for row in range(d.index.shape[0]):
+        u = score(z_flat[d.index[row]])                      # (n, P)
+        h = torch.relu(1 - u) if row == 0 else torch.relu(1 + u)
+        total = total + (w[row].to(u).view(-1, 1) * h).sum()
+    return total
+
+
 def reference_loss(obj: ClappObjective, h, batch, draws):
-    """DESIGN.md's formula written naively: per step, per negative, plain autograd with
-    W_predᵀ on the context side (u = zᵀ W_pred c); used only to check the library."""
-    v = h.flatten(2).mean(-1)
+    """DESIGN.md's formula written naively, plain autograd. Shared score: u = zᵀ W_pred c with
+    W_predᵀ on the context side (set W_retro := W_predᵀ to compare). Separate (official):
+    L(u) with c detached + L(u′), u′ = cᵀ W_retro z, with z detached and its own draws."""
+    v = h.flatten(2).mean(-1) if h.dim() > 2 else h
     n, (rows, cols) = batch.n, batch.grid
     grid = v.view(n, rows, cols, -1)
     k_used = min(obj.cfg.steps, rows - 2)
     total = 0.0
     for k in range(1, k_used + 1):
-        d = draws[k - 1]
-        c = grid[:, : rows - k - 1]
-        z = grid[:, k + 1:]
+        c = grid[:, : rows - k - 1].reshape(n, -1, grid.shape[-1])
+        z_flat = grid[:, k + 1:].reshape(-1, grid.shape[-1])
+        p = c.shape[1]
         w = obj.w_pred[k - 1]
-        terms = []
-        for j, s in enumerate(d.shifts.tolist()):
-            zj = torch.roll(z, shifts=-s, dims=0)  # image i meets image (i + s) mod n
-            u = torch.einsum("nrqd,dc,nrqc->nrq", zj, w, c)
-            hinge = torch.relu(1 - u) if j == 0 else torch.relu(1 + u)
-            terms.append(hinge * d.use[j].to(u).view(-1, 1, 1))
-        pos = terms[0].mean()
-        neg = torch.stack(terms[1:]).mean()
-        factor = 2.0 if obj.cfg.sampling == "either" else 1.0
-        total = total + factor * (pos + neg)
-    return total / k_used
+        d = draws.steps[k - 1]
+        if obj.cfg.retro_score == "shared":
+            total = total + hinge_terms(lambda zf: torch.einsum("npd,dc,npc->np", zf, w, c), d, obj.cfg,
+                                        z_flat, p, k_used)
+        else:
+            b = obj.w_retro[k - 1]
+            cd, zd = c.detach(), z_flat.detach()
+            total = total + hinge_terms(lambda zf: torch.einsum("npd,dc,npc->np", zf, w, cd), d, obj.cfg,
+                                        z_flat, p, k_used)
+            total = total + hinge_terms(lambda zf: torch.einsum("npc,cd,npd->np", c, b, zf),
+                                        draws.mirror[k - 1], obj.cfg, zd, p, k_used)
+    return total
+
+
+OFFICIAL_CLAPP = dict(negative_draw="any_image", coin="per_pass", either_divisor="coin_counts",
+                      retro_score="separate")
+OFFICIAL_CLAPP_S = dict(negative_draw="any_location", negatives=16, sampling="both", feedback="transpose")
 
 
 # --------------------------------------------------------------------------- γ
@@ -87,24 +131,37 @@ def test_gamma_update_moves_scores_the_right_way():
     ClappConfig(seed=1),
     ClappConfig(seed=1, sampling="both", negatives=3, feedback="transpose"),
     ClappConfig(seed=1, negatives=2, retro_learning="fixed"),
+    ClappConfig(seed=1, **OFFICIAL_CLAPP),                                   # official CLAPP
+    ClappConfig(seed=1, **{**OFFICIAL_CLAPP, "retro_learning": "fixed", "negatives": 2}),
+    ClappConfig(seed=1, either_divisor="coin_counts"),
+    ClappConfig(seed=1, coin="per_pass", negative_draw="any_image", negatives=3),
+    ClappConfig(seed=1, **OFFICIAL_CLAPP_S),                                 # official CLAPP-s
+    ClappConfig(seed=1, negative_draw="any_location", negatives=3),
 ])
 def test_loss_matches_the_formula(cfg):
+    """Values and gradients (at h, W_pred, W_retro) against the naive formula, float64."""
     obj = ClappObjective(cfg, (5, 2, 2)).double()
     batch = grid_batch()
-    if obj.w_retro is not None:  # transposed retro: the custom Function must equal plain autograd
+    if obj.w_retro is not None and cfg.retro_score == "shared":
+        # transposed retro: the custom Function must equal plain autograd
         obj.w_retro.data.copy_(obj.w_pred.detach().transpose(1, 2))
     g = torch.Generator().manual_seed(4)
     h = torch.randn(batch.x.shape[0], 5, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    # with a shared score the reference has W_predᵀ where the library has W_retro: W_pred only
+    weights = [q for q in (obj.w_pred, obj.w_retro) if isinstance(q, nn.Parameter)
+               and (q is obj.w_pred or cfg.retro_score == "separate")]
     state = obj.generator.get_state()
     loss = obj(h, batch)
-    (g_lib,) = torch.autograd.grad(loss, h)
+    g_lib = torch.autograd.grad(loss, [h, *weights])
     obj.generator.set_state(state)
-    draws = obj.draw(batch.n, 4)
+    draws = obj.draw(batch.n, positions(obj, batch))
     h2 = h.detach().clone().requires_grad_()
     ref = reference_loss(obj, h2, batch, draws)
-    (g_ref,) = torch.autograd.grad(ref, h2)
-    assert abs(loss.item() - ref.item()) < 1e-12
-    assert rel(g_lib, g_ref) < 1e-10
+    g_ref = torch.autograd.grad(ref, [h2, *weights])
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-12)
+    for a, b in zip(g_lib, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert b.abs().sum() > 0
 
 
 def test_steps_are_capped_by_the_grid_and_pairs_use_one_step():
@@ -120,10 +177,10 @@ def test_steps_are_capped_by_the_grid_and_pairs_use_one_step():
     v1, v2 = torch.randn(4, 3, generator=g, requires_grad=True), torch.randn(4, 3, generator=g)
     loss = pairs(torch.cat([v1, v2]), ViewBatch(torch.zeros(8, 1, 2, 2), 4, "pairs"))
     pairs.generator.manual_seed(0)
-    (d,) = pairs.draw(4, 1)
+    (d,) = pairs.draw(4, [1]).steps
     w = pairs.w_pred[0]
     u_pos = torch.einsum("nd,dc,nc->n", v2, w, v1)
-    u_neg = torch.einsum("nd,dc,nc->n", v2.roll(-int(d.shifts[1]), 0), w, v1)
+    u_neg = torch.einsum("nd,dc,nc->n", v2[d.index[1, :, 0]], w, v1)
     assert torch.allclose(loss, torch.relu(1 - u_pos).mean() + torch.relu(1 + u_neg).mean())
     with pytest.raises(ValueError, match="grid"):
         pairs(torch.randn(4, 3), ViewBatch(torch.zeros(4, 1, 2, 2), 4, "plain"))
@@ -131,32 +188,89 @@ def test_steps_are_capped_by_the_grid_and_pairs_use_one_step():
 
 def test_either_sampling_takes_positive_xor_negative_per_image():
     obj = ClappObjective(ClappConfig(seed=0, negatives=1), (3,))
-    draws = obj.draw(64, 5)
+    draws = obj.draw(64, [6] * 5).steps
     for d in draws:
-        assert d.shifts[0] == 0 and bool((d.shifts[1:] > 0).all())
+        images, where = d.index // 6, d.index % 6
+        assert torch.equal(images[0], torch.arange(64)[:, None].expand(64, 6))  # positive: own future
+        assert bool((images[1:] != images[0]).all())                           # 'other_images'
+        assert torch.equal(where[1:], where[0].expand_as(where[1:]))           # same location
+        assert bool((images[1:] == images[1:, :, :1]).all())                   # one image for all locations
         assert torch.equal(d.use[0], ~d.use[1])
         assert 10 < int(d.use[0].sum()) < 54  # p = ½
+    assert not all(torch.equal(draws[0].use, d.use) for d in draws[1:])  # default: a coin per step
     both = ClappObjective(ClappConfig(seed=0, sampling="both", negatives=16), (3,))
-    (d,) = both.draw(10, 1)
+    (d,) = both.draw(10, [1]).steps
     assert bool(d.use.all()) and d.use.shape == (10, 10)  # capped at n − 1 = 9 negatives
-    assert sorted(d.shifts[1:].tolist()) == list(range(1, 10))
+    assert sorted((d.index[1:, 0, 0]).tolist()) == list(range(1, 10))
+
+
+def test_official_coin_is_drawn_once_per_pass_and_normalised_by_its_counts():
+    obj = ClappObjective(ClappConfig(seed=0, coin="per_pass", either_divisor="coin_counts"), (3,))
+    draws = obj.draw(32, [6, 4, 2]).steps
+    assert all(torch.equal(d.use, draws[0].use) for d in draws)
+    n_pos = int(draws[0].use[0].sum())
+    w = obj._weights(draws[0].use, 6, 3, torch.zeros((), dtype=torch.float64)).squeeze(-1)
+    torch.testing.assert_close(w[0].sum(), torch.tensor(1 / (6 * 3), dtype=torch.float64))
+    assert set(w[0].unique().tolist()) == {0.0, 1 / (n_pos * 6 * 3)}
+    assert set(w[1].unique().tolist()) == {0.0, 1 / ((32 - n_pos) * 6 * 3)}
+    # a kind no image drew contributes nothing (no division by zero)
+    none_pos = torch.zeros(2, 4, dtype=torch.bool)
+    none_pos[1] = True
+    w = obj._weights(none_pos, 1, 1, torch.zeros((), dtype=torch.float64)).squeeze(-1)
+    assert w[0].sum() == 0 and torch.isfinite(w).all() and w[1].sum() == 1
+
+
+def test_official_negative_draws():
+    """any_image: one image per image (itself with probability 1/b), same location everywhere;
+    any_location: uniform over all images and locations, with replacement."""
+    n, p = 8, 5
+    obj = ClappObjective(ClappConfig(seed=0, negative_draw="any_image"), (3,))
+    draws = obj.draw(n, [p] * 400).steps
+    images = torch.stack([d.index[1] // p for d in draws])          # (400, n, P)
+    where = torch.stack([d.index[1] % p for d in draws])
+    assert torch.equal(where, torch.arange(p).expand_as(where))
+    assert bool((images == images[..., :1]).all())
+    own = (images[..., 0] == torch.arange(n)).double().mean().item()
+    assert abs(own - 1 / n) < 0.03
+    s_obj = ClappObjective(ClappConfig(seed=0, **OFFICIAL_CLAPP_S), (3,))
+    (d,) = s_obj.draw(n, [p]).steps
+    assert d.index.shape == (17, n, p) and bool(d.use.all())
+    many = torch.cat([s_obj.draw(n, [p]).steps[0].index[1:].flatten() for _ in range(100)])
+    counts = torch.bincount(many, minlength=n * p).double()
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+    assert bool(((d.index[1:] % p) != torch.arange(p)).any())       # other locations too
+
+
+def test_separate_retro_score_has_its_own_draws_and_needs_retro_feedback():
+    obj = ClappObjective(ClappConfig(seed=0, **OFFICIAL_CLAPP), (3,))
+    draws = obj.draw(32, [6, 6])
+    assert draws.mirror is not None and len(draws.mirror) == 2
+    assert not torch.equal(draws.steps[0].use, draws.mirror[0].use)
+    assert ClappObjective(ClappConfig(seed=0), (3,)).draw(32, [6]).mirror is None
+    with pytest.raises(ValueError, match="retro_score 'separate'.*feedback 'retro'"):
+        ClappConfig(retro_score="separate", feedback="transpose").validate()
+    with pytest.raises(ValueError, match="negative_draw"):
+        ClappConfig(negative_draw="anywhere").validate()
+    defaults = ClappConfig()
+    assert (defaults.negative_draw, defaults.coin, defaults.either_divisor, defaults.retro_score) == \
+        ("other_images", "per_step", "half_batch", "shared")
 
 
 def test_draws_are_reproducible_and_checkpointed():
     a = ClappObjective(ClappConfig(seed=7), (4,))
     b = ClappObjective(ClappConfig(seed=7), (4,))
     c = ClappObjective(ClappConfig(seed=8), (4,))
-    da, db, dc = a.draw(16, 3), b.draw(16, 3), c.draw(16, 3)
-    assert all(torch.equal(x.use, y.use) and torch.equal(x.shifts, y.shifts) for x, y in zip(da, db))
+    da, db, dc = (o.draw(16, [4] * 3).steps for o in (a, b, c))
+    assert all(torch.equal(x.use, y.use) and torch.equal(x.index, y.index) for x, y in zip(da, db))
     assert not all(torch.equal(x.use, y.use) for x, y in zip(da, dc))
     state = a.state_dict()
-    nxt = a.draw(16, 1)[0]
+    nxt = a.draw(16, [4]).steps[0]
     b.load_state_dict(state)
-    assert torch.equal(b.draw(16, 1)[0].use, nxt.use)
+    assert torch.equal(b.draw(16, [4]).steps[0].use, nxt.use)
     torch.manual_seed(123)  # seed None follows the run seed
-    d1 = ClappObjective(ClappConfig(), (4,)).draw(16, 1)[0]
+    d1 = ClappObjective(ClappConfig(), (4,)).draw(16, [4]).steps[0]
     torch.manual_seed(123)
-    assert torch.equal(ClappObjective(ClappConfig(), (4,)).draw(16, 1)[0].use, d1.use)
+    assert torch.equal(ClappObjective(ClappConfig(), (4,)).draw(16, [4]).steps[0].use, d1.use)
 
 
 # --------------------------------------------------------------------------- no weight transport
@@ -208,6 +322,8 @@ STAGES = {
     "conv+relu+maxpool": lambda: nn.Sequential(nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
     "conv+hardtanh+maxpool": lambda: nn.Sequential(nn.Conv2d(2, 5, 3, padding=1, bias=False),
                                                    nn.Hardtanh(), nn.MaxPool2d(2)),
+    # official conv6's convs 1, 3, 4: no nonlinearity, straight to the max-pool
+    "conv+maxpool": lambda: nn.Sequential(nn.Conv2d(2, 5, 3, padding=1, bias=False), nn.MaxPool2d(2)),
     "conv1d+tanh+maxpool": lambda: nn.Sequential(nn.Conv1d(2, 5, 3, padding=1), nn.Tanh(), nn.MaxPool1d(2)),
     "linear+leakyrelu": lambda: nn.Sequential(nn.Linear(2 * 8, 5), nn.LeakyReLU(0.1)),
 }
@@ -220,14 +336,16 @@ def stage_input(kind, m, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("kind", list(STAGES))
-@pytest.mark.parametrize("variant", ["retro=pred^T", "retro-asym", "transpose-both"])
+@pytest.mark.parametrize("variant", ["retro=pred^T", "retro-asym", "transpose-both", "official-clapp",
+                                     "official-clapp-fixed-retro", "official-clapp-s"])
 def test_explicit_rule_equals_autograd(kind, variant):
     torch.manual_seed(0)
     stage = STAGES[kind]().double()
-    if variant == "transpose-both":
-        cfg = ClappConfig(seed=2, sampling="both", negatives=2, feedback="transpose")
-    else:
-        cfg = ClappConfig(seed=2)
+    cfg = {"transpose-both": ClappConfig(seed=2, sampling="both", negatives=2, feedback="transpose"),
+           "official-clapp": ClappConfig(seed=2, **OFFICIAL_CLAPP),
+           "official-clapp-fixed-retro": ClappConfig(seed=2, retro_learning="fixed", **OFFICIAL_CLAPP),
+           "official-clapp-s": ClappConfig(seed=2, **{**OFFICIAL_CLAPP_S, "negatives": 3}),
+           }.get(variant, ClappConfig(seed=2))
     obj = ClappObjective(cfg, (5,)).double()
     if variant == "retro=pred^T":
         obj.w_retro.data.copy_(obj.w_pred.detach().transpose(1, 2))
@@ -237,7 +355,7 @@ def test_explicit_rule_equals_autograd(kind, variant):
     a_stage, a_obj = copy.deepcopy(stage), copy.deepcopy(obj)
     h = a_stage(x)
     if variant == "retro=pred^T":  # plain autograd of DESIGN's formula: W_retro := W_predᵀ
-        draws = a_obj.draw(batch.n, 3)
+        draws = a_obj.draw(batch.n, positions(a_obj, batch))
         loss = reference_loss(a_obj, h if h.dim() > 2 else h.unsqueeze(-1), batch, draws)
     else:  # the custom-Function form (asymmetric W_retro)
         loss = a_obj(h, batch)
@@ -253,7 +371,7 @@ def test_explicit_rule_equals_autograd(kind, variant):
         assert rel(p.grad, q.grad) < 1e-12, f"{kind}: {name}"  # float64: measured ≤ 2e-14
         assert q.grad.abs().sum() > 0
     assert rel(obj.w_pred.grad, a_obj.w_pred.grad) < 1e-12
-    if variant == "retro-asym":
+    if variant in ("retro-asym", "official-clapp"):
         assert rel(obj.w_retro.grad, a_obj.w_retro.grad) < 1e-12
 
 
@@ -268,7 +386,7 @@ def test_explicit_rule_rejects_what_it_cannot_do():
 
 # --------------------------------------------------------------------------- the rule
 def tiny_rule(mode="autograd", objective="clapp", dtype=torch.float64, seed=0, pool=(False, True, True),
-              channels=(3, 4, 5), lr=1e-2, **clapp):
+              channels=(3, 4, 5), lr=1e-2, draws="lockstep", **clapp):
     torch.manual_seed(seed)
     enc = convstack(ConvStackConfig(channels=list(channels), pool=list(pool), bias=True), 1).to(dtype)
     shapes = enc.out_shapes((1, 8, 8))
@@ -276,7 +394,7 @@ def tiny_rule(mode="autograd", objective="clapp", dtype=torch.float64, seed=0, p
         make = lambda i: ClappObjective(ClappConfig(seed=seed, **clapp), shapes[i]).to(dtype)  # noqa: E731
     else:
         make = lambda i: InfoNCEObjective(InfoNCEConfig(seed=seed), shapes[i]).to(dtype)  # noqa: E731
-    return LayerLocal(LocalConfig(mode), enc, make, TrainConfig(lr=lr, seed=seed))
+    return LayerLocal(LocalConfig(mode, draws), enc, make, TrainConfig(lr=lr, seed=seed))
 
 
 def test_rule_registry_and_config():
@@ -406,3 +524,22 @@ def test_pred_init_scales_w_pred_and_w_retro_and_is_validated():
     assert not torch.equal(small.w_retro.detach(), small.w_pred.detach().transpose(1, 2))
     with pytest.raises(ValueError, match="pred_init"):
         ClappConfig(pred_init=-1.0).validate()
+
+
+def test_per_stage_draws_give_every_stage_its_own_coin_and_negatives():
+    """Official CLAPP: each layer tosses its own coin and draws its own negatives."""
+    assert LocalConfig().draws == "lockstep"
+
+    def draws(rule):
+        return [o.draw(32, [6, 6]) for o in rule.objectives]
+
+    lock = draws(tiny_rule(**OFFICIAL_CLAPP))
+    assert all(torch.equal(x.steps[0].use, lock[0].steps[0].use) for x in lock)
+    own = draws(tiny_rule(draws="per_stage", **OFFICIAL_CLAPP))
+    assert not torch.equal(own[0].steps[0].use, own[1].steps[0].use)
+    assert not torch.equal(own[1].steps[0].index, own[2].steps[0].index)
+    # stage 0 keeps the base stream
+    assert torch.equal(own[0].steps[0].index, lock[0].steps[0].index)
+    assert torch.equal(own[0].mirror[1].use, lock[0].mirror[1].use)
+    with pytest.raises(ValueError, match="draws"):
+        LocalConfig(draws="independent").validate()

@@ -39,15 +39,16 @@ def pairs_input(kind, n, seed=3):
 
 def pairs_reference(obj: ClappObjective, h, n, draws):
     """The loss written out for a pair batch, plain autograd, W_retro := W_predᵀ: image i's
-    context v1[i] scores the future v2[(i + s) mod n] by u = v2ᵀ W_pred,1 v1; the positive
-    (s = 0) and negative hinges are averaged over the n images, the negatives also over J."""
+    context v1[i] scores the future v2[index[j, i]] by u = v2ᵀ W_pred,1 v1; the positive
+    (j = 0, index i itself) and negative hinges are averaged over the n images, the negatives also over J."""
     v = h.flatten(2).mean(-1) if h.dim() > 2 else h
     v1, v2 = v[:n], v[n:]
-    (d,) = draws
+    (d,) = draws.steps
     w = obj.w_pred[0]
     terms = []
-    for j, s in enumerate(d.shifts.tolist()):
-        u = torch.einsum("nd,dc,nc->n", v2.roll(-s, 0), w, v1)
+    assert torch.equal(d.index[0, :, 0], torch.arange(n))
+    for j in range(d.index.shape[0]):
+        u = torch.einsum("nd,dc,nc->n", v2[d.index[j, :, 0]], w, v1)
         hinge = torch.relu(1 - u) if j == 0 else torch.relu(1 + u)
         terms.append((hinge * d.use[j].to(u)).mean())
     factor = 2.0 if obj.cfg.sampling == "either" else 1.0
@@ -67,7 +68,7 @@ def test_explicit_rule_equals_autograd_on_pairs(kind, variant):
     a_stage, a_obj = copy.deepcopy(stage), copy.deepcopy(obj)
     h = a_stage(batch.x)
     if variant == "retro=pred^T":
-        loss = pairs_reference(a_obj, h, n, a_obj.draw(n, 1))
+        loss = pairs_reference(a_obj, h, n, a_obj.draw(n, [1]))
     else:
         loss = a_obj(h, batch)
     loss.backward()

@@ -129,7 +129,9 @@ def test_unknown_option_fails_loudly():
     (dict(feedback_steps=-1), "feedback_steps must be ≥ 0, got -1"),
     (dict(feedback_every=0), "feedback_every must be ≥ 1, got 0"),
     (dict(feedback_activation="softplus"), "feedback_activation: unknown activation 'softplus'; choose one of"),
-    (dict(target_loss="l1"), "unknown target_loss 'l1'; choose 'sum' or 'mean'"),
+    (dict(target_loss="l1"), "unknown target_loss 'l1'; choose 'sum', 'row_mean' or 'element_mean'"),
+    (dict(target_loss="mean"), "unknown target_loss 'mean'; choose 'sum', 'row_mean' or 'element_mean'"),
+    (dict(feedback_order="late"), "unknown feedback_order 'late'; choose 'before_targets' or 'after_targets'"),
     (dict(feedback_rows="half"), "unknown feedback_rows 'half'; choose 'one_view' or 'all'"),
     (dict(feedback_lr=0.0), "feedback_lr must be > 0, got 0.0"),
     (dict(diagnostics_every=-1), "diagnostics_every must be ≥ 0, got -1"),
@@ -257,6 +259,65 @@ def test_top_stage_update_is_eta_times_bp_gradient_and_first_view_shortcut_is_ex
     for a, b in zip(rule.update_directions(batch), dtp):
         for u, v in zip(a, b):
             torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
+
+
+# ---- the official SSL-DTP forms as options ---------------------------------------------
+@pytest.mark.parametrize("reduction", ["sum", "row_mean", "element_mean"])
+def test_stage_loss_reductions_match_their_formulas_values_and_gradients(reduction):
+    """'sum' ½Σ(f − ĥ)², 'row_mean' that / rows, 'element_mean' (official) Σ(f − ĥ)² / numel."""
+    enc = small_convstack().double()
+    rule = make_rule(enc, target_loss=reduction)
+    rule.double()  # encoder, head and inverses
+    assert DTPConfig().target_loss == "sum"
+    batch = pair_batch()
+    batch = ViewBatch(batch.x.double(), batch.n, "pairs")
+    p = rule.forward_pass(batch)
+    _, top = rule.top_target(p, batch, head_grads=False)
+    targets = rule.propagate_targets(p.hs, top)
+    for l, (loss, out, t) in enumerate(zip(rule.stage_losses(p.outs, targets), p.outs, targets)):
+        sq = ((out - t) ** 2).sum()
+        ref = {"sum": 0.5 * sq, "row_mean": 0.5 * sq / out.shape[0], "element_mean": sq / out.numel()}[reduction]
+        params = list(rule.encoder.stages[l].parameters())
+        ours_g = torch.autograd.grad(loss, params, retain_graph=True)
+        ref_g = torch.autograd.grad(ref, params, retain_graph=True)
+        sum_g = torch.autograd.grad(0.5 * sq, params, retain_graph=True)
+        torch.testing.assert_close(loss, ref, rtol=0, atol=1e-12)
+        for a, b, c in zip(ours_g, ref_g, sum_g):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+            scale = {"sum": 1.0, "row_mean": 1.0 / out.shape[0], "element_mean": 2.0 / out.numel()}[reduction]
+            torch.testing.assert_close(a, scale * c, rtol=1e-12, atol=1e-15)
+        assert sq.item() > 0
+
+
+def _stage_grads(rule):
+    return [[q.grad.clone() for q in s.parameters()] for s in rule.encoder.stages]
+
+
+def test_feedback_order_decides_which_g_makes_the_targets():
+    """'after_targets' (official): the step's stage updates are those of the targets from the
+    g it started with; 'before_targets' (default): from g after this step's feedback update."""
+    assert DTPConfig().feedback_order == "before_targets"
+    batch = pair_batch()
+    # official order: the update equals the update directions computed before the step
+    after = make_rule(small_convstack(), feedback_order="after_targets", diagnostics_every=0)
+    expected = after.update_directions(batch)
+    g_before = [q.detach().clone() for q in after.inverses.parameters()]
+    after.step(batch)
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, after.inverses.parameters()))  # g did learn
+    for got, want in zip(_stage_grads(after), expected):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # default order: the same as training g first by hand, then computing the directions
+    first = make_rule(small_convstack(), diagnostics_every=0)
+    twin = make_rule(small_convstack(), diagnostics_every=0)
+    twin.feedback_phase(twin.forward_pass(batch), batch)
+    expected_first = twin.update_directions(batch)
+    first.step(batch)
+    for l, (got, want, old) in enumerate(zip(_stage_grads(first), expected_first, expected)):
+        for a, b, c in zip(got, want, old):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            if l < len(expected) - 1:  # below the top the targets pass through g: they differ
+                assert not torch.allclose(a, c)
 
 
 # ---- learned feedback -------------------------------------------------------------------

@@ -24,6 +24,37 @@ def test_conv6_matches_bio_ssl_architecture():
     assert shapes[-1] == (512, 4, 4)  # 8192 features for the Bio-SSL head
 
 
+def test_conv6_official_layout_has_hardtanh_after_convs_0_and_2_only():
+    """Official Bio-SSL code: conv0 + Hardtanh; conv1 → M; conv2 + Hardtanh; conv3 → M; conv4 → M."""
+    assert build("conv6").stages[1][1].__class__ is nn.Hardtanh  # default: the paper's text
+    enc = build("conv6", activation_after=[0, 2])
+    kinds = [[type(m).__name__ for m in s] for s in enc.stages]
+    assert kinds == [["Conv2d", "Hardtanh"], ["Conv2d", "MaxPool2d"], ["Conv2d", "Hardtanh"],
+                     ["Conv2d", "MaxPool2d"], ["Conv2d", "MaxPool2d"]]
+    assert enc.out_shapes((3, 32, 32))[-1] == (512, 4, 4)
+    # forward = the official formula, written out
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    enc = enc.double()
+    c = [s[0] for s in enc.stages]
+    mp, ht = nn.functional.max_pool2d, nn.functional.hardtanh
+    h = ht(c[0](x))
+    h = mp(c[1](h), 2)
+    h2 = ht(c[2](h))
+    h3 = mp(c[3](h2), 2)
+    h4 = mp(c[4](h3), 2)
+    torch.testing.assert_close(enc(x)[-1], h4, rtol=0, atol=1e-12)
+    with pytest.raises(Exception, match="activation_after"):
+        build("conv6", activation_after=[0, 5])
+
+
+def test_vgg6_bio_ssl_form_hardtanh_without_bias():
+    enc = build("vgg6", activation="hardtanh", bias=False)
+    assert all(c.bias is None for c in enc.modules() if isinstance(c, nn.Conv2d))
+    assert all(isinstance(s[1], nn.Hardtanh) for s in enc.stages)
+    assert build("vgg6").stages[0][0].bias is not None  # default: CLAPP's ReLU with bias
+
+
 def test_vgg6_plan_and_shapes():
     enc = build("vgg6")
     convs = [m for m in enc.modules() if isinstance(m, nn.Conv2d)]

@@ -20,14 +20,17 @@ def activation(name: str) -> nn.Module:
     return table[name]()
 
 
-def conv_stage(cin: int, cout: int, *, act: str = "relu", pool: bool = False,
+def conv_stage(cin: int, cout: int, *, act: str | None = "relu", pool: bool = False,
                kernel: int = 3, bias: bool = False, batchnorm: bool = False,
                dims: int = 2) -> nn.Sequential:
-    """conv (k×k, 'same' padding) → [batch norm] → nonlinearity → [max-pool 2]."""
+    """conv (k×k, 'same' padding) → [batch norm] → [nonlinearity] → [max-pool 2].
+
+    ``act`` None leaves the nonlinearity out (conv → pool), as in the official conv6."""
     layers: list[nn.Module] = [_CONV[dims](cin, cout, kernel, padding=kernel // 2, bias=bias)]
     if batchnorm:
         layers.append(_BN[dims](cout))
-    layers.append(activation(act))
+    if act is not None:
+        layers.append(activation(act))
     if pool:
         layers.append(_MAXPOOL[dims](2))
     return nn.Sequential(*layers)

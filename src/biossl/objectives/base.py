@@ -7,7 +7,7 @@ rule's business.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,31 +27,56 @@ class Objective(nn.Module):
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def separate_draws(self, stage: int) -> None:
+        """Give this objective's random draws (negatives, coins) a stream of their own for
+        stage ``stage``, instead of the stream every stage's copy starts from. Objectives
+        without random draws have nothing to do."""
+
+
+PoolMode = Literal["adaptive", "window"]
+
+
+def check_head_pool(pool: int | None, mode: str) -> None:
+    """Config-time check of a head's pool keys (``head_pool``, ``head_pool_mode``)."""
+    if mode not in ("adaptive", "window"):
+        raise ValueError(f"unknown head_pool_mode {mode!r}; choose 'adaptive' or 'window'")
+    if pool is not None and pool < 1:
+        raise ValueError(f"head_pool must be ≥ 1 or null (flatten), got {pool}")
+
 
 class ProjectionHead(nn.Module):
     """Bio-SSL head: AvgPool → Flatten → Linear(→ dim, no bias).
 
-    ``pool`` is the output side of the adaptive average pool (1 = global pooling);
-    for ``conv6`` Bio-SSL flattens 512×4×4 = 8192 features (pool=4 at 32×32 input).
+    ``pool`` None flattens the whole map (the official conv6 heads: Linear(C·H·W → dim));
+    otherwise ``pool_mode`` says how it is read: 'adaptive' — adaptive average pool to a
+    pool×pool output (1 = global pooling; conv6's top at 32×32 with pool=4 is 512×4×4 =
+    8192 features); 'window' — ``AvgPool(pool)``, window and stride ``pool`` (Bio-SSL's
+    vgg6 head is AvgPool2d(2)), so the output side shrinks with the map, floor(H / pool).
     ``init_scale`` multiplies the output layer's default initial weights.
     """
 
     def __init__(self, in_shape: tuple[int, ...], dim: int = 64, pool: int | None = 1,
-                 hidden: int | None = None, init_scale: float = 1.0):
+                 hidden: int | None = None, init_scale: float = 1.0, pool_mode: PoolMode = "adaptive"):
         super().__init__()
         c = in_shape[0]
         spatial = in_shape[1:]
+        check_head_pool(pool, pool_mode)
         if pool is None or not spatial:
             self.pool = nn.Identity()
-            feat = c
-            for s in spatial:
-                feat *= s
+            out_spatial = list(spatial)
+        elif pool_mode == "adaptive":
+            out_spatial = [min(pool, s) for s in spatial]
+            self.pool = (nn.AdaptiveAvgPool2d(tuple(out_spatial)) if len(spatial) == 2
+                         else nn.AdaptiveAvgPool1d(out_spatial[0]))
         else:
-            p = [min(pool, s) for s in spatial]
-            self.pool = nn.AdaptiveAvgPool2d(tuple(p)) if len(spatial) == 2 else nn.AdaptiveAvgPool1d(p[0])
-            feat = c
-            for s in p:
-                feat *= s
+            if any(s < pool for s in spatial):
+                raise ValueError(f"head pool window {pool} is larger than the stage output "
+                                 f"{tuple(spatial)}; lower head_pool or use head_pool_mode 'adaptive'")
+            out_spatial = [s // pool for s in spatial]
+            self.pool = nn.AvgPool2d(pool) if len(spatial) == 2 else nn.AvgPool1d(pool)
+        feat = c
+        for s in out_spatial:
+            feat *= s
         layers: list[nn.Module] = []
         if hidden:
             layers += [nn.Linear(feat, hidden), nn.ReLU()]

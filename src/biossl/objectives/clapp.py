@@ -2,19 +2,34 @@
 
 For prediction step k the context c (a patch vector at row r) predicts the future z
 (row r + k + 1, same column) through the score u = zᵀ W_pred,k c. The positive z comes
-from the same image, the negatives from the same location in other images of the batch
-(image i + s mod n for drawn shifts s ≠ 0). Per step
+from the same image, the negatives are other futures of the batch (``negative_draw``).
+Per step
 
     L_k = mean max(0, 1 − u⁺) + mean max(0, 1 + u⁻),
 
-and the loss is the mean over the steps used. Variants (config):
+and the loss is the mean over the steps used. Variants (config), the paper's text as
+default and the official code (pub-illing2021-neurips) as named options:
 
-- ``sampling: either`` (CLAPP) — each image (per step) does the positive *or* the
-  negative update, p = ½; the loss is 2·mean[m·h⁺ + (1 − m)·h⁻] so its expectation equals
-  the ``both`` loss. ``both`` (CLAPP-s) — positives and negatives every step.
+- ``sampling: either`` (CLAPP) — each image does the positive *or* the negative update,
+  p = ½; ``both`` (CLAPP-s) — positives and negatives every step. For ``either``,
+  ``either_divisor: half_batch`` divides both kinds of terms by b/2 (2·mean over the
+  batch, so the expectation equals the ``both`` loss); ``coin_counts`` (official) divides
+  the positive terms by the number of images whose coin came up "pos" and the negative
+  terms by the number that came up "neg". ``coin: per_step`` draws a fresh coin per image
+  and prediction step; ``per_pass`` (official) one per image per forward pass, shared by
+  the K steps.
+- ``negative_draw: other_images`` (paper) — ``negatives`` distinct other images, the same
+  location; ``any_image`` (official CLAPP) — per image, images drawn uniformly from the
+  batch with replacement (possibly itself), the same location everywhere; ``any_location``
+  (official CLAPP-s) — per context, futures drawn uniformly over all images *and*
+  locations, with replacement. Negatives are drawn anew every prediction step.
 - ``feedback: retro`` (CLAPP) — the context receives W_retro z instead of W_predᵀ z, so no
   forward weight is used transposed (custom autograd Function :class:`RetroScore`).
   ``transpose`` (CLAPP-s) — plain autograd, i.e. W_predᵀ z.
+- ``retro_score: shared`` (paper) — one score u and its γ drive both paths;
+  ``separate`` (official ``asymmetric_W_pred``) — the loss is L(u) + L(u′) with
+  u′ = cᵀ W_retro z: L(u) sees the context detached (it teaches z and W_pred), L(u′) sees
+  the future detached (it teaches c and W_retro), each with its own negatives and coin.
 
 Sign convention of the broadcast factor γ (what the explicit rule multiplies by):
 γ = −∂h/∂u for the hinge term h that the sample uses, i.e.
@@ -85,23 +100,45 @@ class ClappConfig:
     steps: int = 5
     """K: prediction steps k = 1…K (row r predicts row r+k+1); capped at rows − 2 of the grid."""
     negatives: int = 1
-    """Negatives per context: the same location in this many other images (capped at n − 1)."""
+    """Negatives per context (for 'other_images' capped at n − 1)."""
+    negative_draw: Literal["other_images", "any_image", "any_location"] = "other_images"
+    """Where the negatives come from, drawn anew every step: 'other_images' (default, the
+    paper's text) — that many distinct other images, the same location; 'any_image'
+    (official CLAPP) — per image, images drawn uniformly from the batch with replacement
+    (the image itself with probability 1/b), the same location; 'any_location' (official
+    CLAPP-s) — per context, futures drawn uniformly over all images and locations, with
+    replacement."""
     sampling: Literal["either", "both"] = "either"
-    """'either' (CLAPP): per image and step, the positive or the negative term, p = ½;
+    """'either' (CLAPP): per image, the positive or the negative term, p = ½;
     'both' (CLAPP-s): every term every step."""
+    either_divisor: Literal["half_batch", "coin_counts"] = "half_batch"
+    """Normalisation of 'either': 'half_batch' (default) — every term over b/2, so the
+    expected loss equals 'both'; 'coin_counts' (official) — the positive terms over the
+    number of images whose coin came up "pos", the negative ones over the number that came
+    up "neg" (a kind nobody drew contributes nothing)."""
+    coin: Literal["per_step", "per_pass"] = "per_step"
+    """When 'either' tosses each image's coin: 'per_step' (default) — anew for every
+    prediction step; 'per_pass' (official) — once per forward pass, shared by the K steps."""
     feedback: Literal["retro", "transpose"] = "retro"
     """How the error reaches the context: 'retro' (CLAPP) through an independent W_retro;
     'transpose' (CLAPP-s) through W_predᵀ (weight transport)."""
+    retro_score: Literal["shared", "separate"] = "shared"
+    """With 'retro': 'shared' (default, the paper's rule) — one score u = zᵀ W_pred c and its
+    γ gate both the future's and the context's update; 'separate' (official
+    asymmetric_W_pred) — a second, mirror loss L(u′), u′ = cᵀ W_retro z, with its own
+    negatives and coin; L(u) reaches only z and W_pred, L(u′) only c and W_retro."""
     retro_learning: Literal["mirror", "fixed"] = "mirror"
-    """'mirror': W_retro receives the transposed Hebbian increment of W_pred (γ c zᵀ, local);
-    'fixed': W_retro stays at its random initialisation (a buffer)."""
+    """'mirror': W_retro learns — 'shared': the transposed Hebbian increment of W_pred (γ c zᵀ,
+    local); 'separate': the Hebbian increment of its own loss (γ′ c zᵀ). 'fixed': W_retro
+    stays at its random initialisation (a buffer)."""
     pred_init: float = 1.0
     """Scale of the initial W_pred (and W_retro) (× nn.Linear's default ±1/√C). Small values
     let a mirrored W_retro align with W_predᵀ sooner: their offset stays at its initial size."""
     seed: NonNegativeInt | None = None
     """Seed of the objective's own draws (negatives, coins); None: torch's initial seed (the run
     seed). Every stage's objective starts from the same seed, so at each step all stages make
-    the same positive/negative choice — the whole network sees the same next glimpse."""
+    the same positive/negative choice — the whole network sees the same next glimpse —
+    unless the rule separates them (``rule.draws: per_stage``, the official code)."""
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -110,13 +147,37 @@ class ClappConfig:
             raise ValueError(f"negatives must be ≥ 1, got {self.negatives}")
         if self.pred_init <= 0:
             raise ValueError(f"pred_init must be > 0, got {self.pred_init}")
+        choices = {"negative_draw": ("other_images", "any_image", "any_location"),
+                   "sampling": ("either", "both"), "either_divisor": ("half_batch", "coin_counts"),
+                   "coin": ("per_step", "per_pass"), "feedback": ("retro", "transpose"),
+                   "retro_score": ("shared", "separate"), "retro_learning": ("mirror", "fixed")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of "
+                                 f"{', '.join(repr(a) for a in allowed)}")
+        if self.retro_score == "separate" and self.feedback != "retro":
+            raise ValueError("retro_score 'separate' is the mirror loss of an independent W_retro: "
+                             "it needs feedback 'retro' (got 'transpose'); use retro_score 'shared'")
 
 
 @dataclass
 class StepDraws:
-    """Random choices of one prediction step: shifts (1 + J,) with 0 first; use (1 + J, n) bool."""
-    shifts: Tensor
+    """Random choices of one prediction step for n images with P locations each.
+
+    index (1 + J, n, P): the future each term uses, as a flat index into the step's futures
+    z (n·P, image-major): row 0 the positive (the context's own future), rows 1: negatives.
+    use (1 + J, n) bool: the terms each image takes part in (CLAPP's coin).
+    """
+    index: Tensor
     use: Tensor
+
+
+@dataclass
+class PassDraws:
+    """All random choices of one forward pass: per step, and for retro_score 'separate'
+    the mirror loss's own per-step draws."""
+    steps: list[StepDraws]
+    mirror: list[StepDraws] | None = None
 
 
 class ClappObjective(PredictiveObjective):
@@ -143,29 +204,43 @@ class ClappObjective(PredictiveObjective):
                 self.w_retro = nn.Parameter(retro)
             else:
                 self.register_buffer("w_retro", retro)
-        elif cfg.feedback == "transpose":
-            self.w_retro = None
         else:
-            raise ValueError(f"unknown feedback {cfg.feedback!r}")
-        if cfg.sampling not in ("either", "both"):
-            raise ValueError(f"unknown sampling {cfg.sampling!r}")
-        if cfg.retro_learning not in ("mirror", "fixed"):
-            raise ValueError(f"unknown retro_learning {cfg.retro_learning!r}")
+            self.w_retro = None
+
+    @property
+    def separate(self) -> bool:
+        return self.cfg.retro_score == "separate"
 
     # ---- random choices ------------------------------------------------------------------
-    def draw(self, n: int, steps: int) -> list[StepDraws]:
-        """Negative shifts and CLAPP's coins for every step (reproducible from the generator)."""
-        j = min(self.cfg.negatives, n - 1)
+    def draw(self, n: int, positions: list[int]) -> PassDraws:
+        """Negatives and coins for every step (``positions[s]``: locations P of step s),
+        reproducible from the objective's generator."""
+        steps = self._draw_steps(n, positions)
+        return PassDraws(steps, self._draw_steps(n, positions) if self.separate else None)
+
+    def _draw_steps(self, n: int, positions: list[int]) -> list[StepDraws]:
+        cfg, gen = self.cfg, self.generator
+        j = min(cfg.negatives, n - 1) if cfg.negative_draw == "other_images" else cfg.negatives
+        pass_coin = (torch.rand(n, generator=gen) < 0.5
+                     if cfg.sampling == "either" and cfg.coin == "per_pass" else None)
         out = []
-        for _ in range(steps):
-            shifts = torch.cat([torch.zeros(1, dtype=torch.long),
-                                torch.randperm(n - 1, generator=self.generator)[:j] + 1])
-            if self.cfg.sampling == "either":
-                pos = torch.rand(n, generator=self.generator) < 0.5
+        for p in positions:
+            own = torch.arange(n * p).view(1, n, p)
+            if cfg.negative_draw == "other_images":
+                shifts = torch.randperm(n - 1, generator=gen)[:j] + 1               # (J,)
+                images = (torch.arange(n)[None] + shifts[:, None]) % n              # (J, n)
+                neg = images[..., None] * p + torch.arange(p)
+            elif cfg.negative_draw == "any_image":
+                images = torch.randint(n, (j, n), generator=gen)
+                neg = images[..., None] * p + torch.arange(p)
+            else:
+                neg = torch.randint(n * p, (j, n, p), generator=gen)
+            if cfg.sampling == "either":
+                pos = pass_coin if pass_coin is not None else torch.rand(n, generator=gen) < 0.5
                 use = torch.cat([pos[None], (~pos)[None].expand(j, n)])
             else:
                 use = torch.ones(1 + j, n, dtype=torch.bool)
-            out.append(StepDraws(shifts, use))
+            out.append(StepDraws(torch.cat([own, neg]), use))
         return out
 
     def _weights(self, use: Tensor, p: int, n_steps: int, like: Tensor) -> Tensor:
@@ -173,37 +248,53 @@ class ClappObjective(PredictiveObjective):
 
         Constant factors (a global learning-rate scale), in ``like``'s dtype and device.
         """
-        j = use.shape[0] - 1
-        factor = 2.0 if self.cfg.sampling == "either" else 1.0  # keeps E[loss] equal to 'both'
-        scale = torch.tensor([1.0] + [1.0 / j] * j, dtype=like.dtype).view(-1, 1)
-        w = scale * use.to(like.dtype) * (factor / (use.shape[1] * p * n_steps))
+        j, n = use.shape[0] - 1, use.shape[1]
+        use_f = use.to(like.dtype)
+        per_neg = torch.tensor([1.0] + [1.0 / j] * j, dtype=like.dtype).view(-1, 1)
+        if self.cfg.sampling == "both":
+            images = torch.full((1 + j, 1), float(n), dtype=like.dtype)
+        elif self.cfg.either_divisor == "half_batch":
+            images = torch.full((1 + j, 1), n / 2.0, dtype=like.dtype)  # keeps E[loss] equal to 'both'
+        else:  # official: over the images that drew each kind (at least 1: an empty kind adds 0)
+            counts = use_f[:2].sum(1).clamp_min(1.0)
+            images = torch.cat([counts[:1], counts[1:].expand(j)]).view(-1, 1)
+        w = per_neg * use_f / (images * p * n_steps)
         return w.unsqueeze(-1).to(like.device)
-
-    @staticmethod
-    def _gather(n: int, shifts: Tensor, device) -> Tensor:
-        """Image index of every term: (1 + J, n), row j = (i + shift_j) mod n."""
-        return ((torch.arange(n)[None] + shifts[:, None]) % n).to(device)
 
     # ---- loss (autograd) -----------------------------------------------------------------
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         self._check_batch(batch)
         grid = vector_grid(patch_vectors(h), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
-        return self.loss_from(grid, steps, self.draw(batch.n, len(steps)))
+        return self.loss_from(grid, steps, self.draw(batch.n, self.positions(grid, steps)))
 
-    def loss_from(self, grid: Tensor, steps, draws: list[StepDraws]) -> Tensor:
-        n = grid.shape[0]
+    @staticmethod
+    def positions(grid: Tensor, steps) -> list[int]:
+        """Locations P of every step's contexts (and futures): (rows − offset) · cols."""
+        return [(grid.shape[1] - off) * grid.shape[2] for _, off in steps]
+
+    def _hinge_sum(self, u: Tensor, d: StepDraws, p: int, n_steps: int) -> Tensor:
+        hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
+        return (self._weights(d.use, p, n_steps, u) * hinge).sum()
+
+    def loss_from(self, grid: Tensor, steps, draws: PassDraws) -> Tensor:
         total = grid.new_zeros(())
-        for (t, off), d in zip(steps, draws):
+        mirror = draws.mirror if draws.mirror is not None else [None] * len(steps)
+        for (t, off), d, dm in zip(steps, draws.steps, mirror):
             c, z = context_future(grid, off)
-            zs = z[self._gather(n, d.shifts, grid.device)]          # (1 + J, n, P, C)
+            p = c.shape[1]
+            z_flat = z.reshape(-1, z.shape[-1])
+            zs = z_flat[d.index.to(grid.device)]                       # (1 + J, n, P, C)
             if self.w_retro is None:
                 u = torch.einsum("jnpd,dc,npc->jnp", zs, self.w_pred[t], c)
-            else:
+            elif dm is None:
                 u = RetroScore.apply(zs, c, self.w_pred[t], self.w_retro[t])
-            hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
-            w = self._weights(d.use, c.shape[1], len(steps), u)
-            total = total + (w * hinge).sum()
+            else:  # official asymmetric form: L(u) with c detached + L(u′) with z detached
+                u = torch.einsum("jnpd,dc,npc->jnp", zs, self.w_pred[t], c.detach())
+                zm = z_flat.detach()[dm.index.to(grid.device)]
+                u_mirror = torch.einsum("jnpd,cd,npc->jnp", zm, self.w_retro[t], c)
+                total = total + self._hinge_sum(u_mirror, dm, p, len(steps))
+            total = total + self._hinge_sum(u, d, p, len(steps))
         return total
 
     # ---- explicit form (no autograd) ---------------------------------------------------
@@ -213,13 +304,15 @@ class ClappObjective(PredictiveObjective):
 
         Per step: the future z gets γ·(W_pred c) (the dendritic prediction), the context c
         gets γ·(W_retro z) (W_predᵀ z for 'transpose'), W_pred gets γ z cᵀ — each term
-        weighted by the loss's constant mean factors. The per-patch mean's backward spreads
-        the patch error evenly over the stage's spatial output.
+        weighted by the loss's constant mean factors; with retro_score 'separate' the
+        context's γ′ comes from the mirror score u′ = cᵀ W_retro z. The per-patch mean's
+        backward spreads the patch error evenly over the stage's spatial output.
         """
         self._check_batch(batch)
         grid = vector_grid(patch_vectors(h), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
-        loss, grad_grid, grad_w, grad_b = self.explicit_from(grid, steps, self.draw(batch.n, len(steps)))
+        draws = self.draw(batch.n, self.positions(grid, steps))
+        loss, grad_grid, grad_w, grad_b = self.explicit_from(grid, steps, draws)
         for p, g in ((self.w_pred, grad_w), (self.w_retro, grad_b)):
             if isinstance(p, nn.Parameter) and g is not None:
                 p.grad = g if p.grad is None else p.grad + g
@@ -232,36 +325,52 @@ class ClappObjective(PredictiveObjective):
             return grad_grid.permute(1, 0, 2, 3).reshape(2 * batch.n, -1)
         return grad_grid.reshape(-1, grad_grid.shape[-1])
 
-    def explicit_from(self, grid: Tensor, steps, draws: list[StepDraws]):
+    def _modulation(self, u: Tensor, d: StepDraws, p: int, n_steps: int) -> tuple[Tensor, Tensor]:
+        """(weighted hinge sum, weight·γ = −∂L/∂u) of one step's scores."""
+        weight = self._weights(d.use, p, n_steps, u)
+        hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
+        return (weight * hinge).sum(), weight * clapp_gamma(u, d.use[..., None].expand_as(u))
+
+    def explicit_from(self, grid: Tensor, steps, draws: PassDraws):
         """(loss, ∂L/∂grid, ∂L/∂W_pred, ∂L/∂W_retro or None), all from γ-gated Hebbian products."""
         n, rows, cols, ch = grid.shape
         grad_grid = torch.zeros_like(grid)
         grad_w = torch.zeros_like(self.w_pred)
         grad_b = torch.zeros_like(self.w_pred) if self.w_retro is not None else None
         loss = grid.new_zeros(())
-        for (t, off), d in zip(steps, draws):
+        mirror = draws.mirror if draws.mirror is not None else [None] * len(steps)
+        for (t, off), d, dm in zip(steps, draws.steps, mirror):
             c, z = context_future(grid, off)
-            idx = self._gather(n, d.shifts, grid.device)
+            p = c.shape[1]
+            z_flat = z.reshape(-1, ch)
+            idx = d.index.to(grid.device)
             w = self.w_pred[t]
             pred = c @ w.t()                                         # W_pred c  (n, P, D)
-            retro = z @ (w if self.w_retro is None else self.w_retro[t].t())   # W_retro z (n, P, C)
-            zs = z[idx]
+            zs = z_flat[idx]                                         # (1 + J, n, P, D)
             u = (zs * pred).sum(-1)                                  # (1 + J, n, P)
-            weight = self._weights(d.use, c.shape[1], len(steps), u)
-            hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
-            loss = loss + (weight * hinge).sum()
-            mod = weight * clapp_gamma(u, d.use[..., None].expand_as(u))   # −∂L/∂u
-            # future side: each image that served as z (itself or as a negative) gets mod·W_pred c
-            dz = torch.zeros_like(z).index_add_(0, idx.flatten(), (mod.unsqueeze(-1) * pred).flatten(0, 1))
-            dc = torch.einsum("jnp,jnpc->npc", mod, retro[idx])
+            step_loss, mod = self._modulation(u, d, p, len(steps))   # mod = −∂L/∂u
+            loss = loss + step_loss
+            # future side: each future that served (positive or negative) gets mod·W_pred c
+            dz = torch.zeros_like(z_flat).index_add_(0, idx.flatten(), (mod.unsqueeze(-1) * pred).flatten(0, 2))
             hebb = torch.einsum("jnp,jnpd,npc->dc", mod, zs, c)      # Σ γ z cᵀ
+            grad_w[t] -= hebb
+            if dm is None:  # one score: the context's signal is gated by the same γ
+                retro = z_flat @ (w if self.w_retro is None else self.w_retro[t].t())  # W_retro z per future
+                dc = torch.einsum("jnp,jnpc->npc", mod, retro[idx])
+                if grad_b is not None:
+                    grad_b[t] -= hebb.t()
+            else:  # mirror loss L(u′), u′ = cᵀ W_retro z: its own draws, γ′ and Hebbian product
+                zm = z_flat[dm.index.to(grid.device)]
+                retro_z = zm @ self.w_retro[t].t()                    # W_retro z  (1 + J, n, P, C)
+                u_m = (retro_z * c).sum(-1)
+                m_loss, mod_m = self._modulation(u_m, dm, p, len(steps))
+                loss = loss + m_loss
+                dc = torch.einsum("jnp,jnpc->npc", mod_m, retro_z)
+                grad_b[t] -= torch.einsum("jnp,npc,jnpd->cd", mod_m, c, zm)   # Σ γ′ c zᵀ
             g_view = grad_grid[:, : rows - off].view(n, -1, ch)
             g_view -= dc.view_as(g_view)
             f_view = grad_grid[:, off:]
             f_view -= dz.view(n, rows - off, cols, ch)
-            grad_w[t] -= hebb
-            if grad_b is not None:
-                grad_b[t] -= hebb.t()
         if self.w_retro is not None and not isinstance(self.w_retro, nn.Parameter):
             grad_b = None
         return loss, grad_grid, grad_w, grad_b

@@ -5,6 +5,15 @@ L = Σ_ij relu(δ − y_ij (τ − d_ij)), y_ii = +1, y_ij = −1 (i ≠ j);
 defaults τ = 2, δ = 1 give positives relu(d_ii − 1) and negatives relu(3 − d_ij).
 The error needs no normalisation, inner products or division: per unit it is a sum of
 gated signs (see :func:`hinge_error`).
+
+With ``negatives = n`` only some pairs are negatives, each weighted 1/n (Bio-SSL's
+``HingeNNFewerNegs``). The official form (``negatives_wrap=False``, the default) takes the
+pairs (r, r+k) for k = 1…n−1 and r < N−k — the k-th upper diagonal of the distance matrix,
+``torch.diagonal(·, k)``, which does not wrap around the batch; for n ≥ N that is every
+upper-diagonal pair, still weighted 1/n. ``negatives_wrap=True`` takes (i, i+k mod N), so
+every row gets n−1 negatives, and falls back to all pairs at weight 1 when n ≥ N (the
+form biossl used before it was checked against the official code). Either way only the
+N·(n−1) needed distances are computed, never the N×N matrix.
 """
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ import torch
 from torch import Tensor
 
 from biossl.bounds import PositiveFloat, PositiveInt
-from biossl.objectives.base import Objective, ProjectionHead
+from biossl.objectives.base import Objective, PoolMode, ProjectionHead, check_head_pool
 from biossl.views.batch import ViewBatch
 
 Reduction = Literal["sum", "mean"]
@@ -28,74 +37,98 @@ def _check(z1: Tensor, z2: Tensor) -> None:
         raise ValueError("the contrastive hinge loss needs a batch of at least 2")
 
 
-def _offsets(n: int, negatives: int | None) -> list[int] | None:
-    """Offsets k of the negative pairs (i, i+k mod N); None means all pairs."""
-    if negatives is None or negatives >= n:
-        return None
-    return list(range(1, negatives))
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'sum' or 'mean'")
+
+
+def negative_offsets(n: int, negatives: int | None, wrap: bool) -> tuple[list[int] | None, float]:
+    """(offsets k of the negative pairs, their weight); offsets None means all pairs i ≠ j.
+
+    Not wrapping: k = 1…min(n, N)−1, pairs (r, r+k) with r < N−k, weight 1/n.
+    Wrapping: k = 1…n−1, pairs (i, i+k mod N), weight 1/n; n ≥ N: all pairs, weight 1.
+    """
+    if negatives is None:
+        return None, 1.0
+    if wrap:
+        return (None, 1.0) if negatives >= n else (list(range(1, negatives)), 1.0 / negatives)
+    return list(range(1, min(negatives, n))), 1.0 / negatives
+
+
+def _pair(z1: Tensor, z2: Tensor, k: int, wrap: bool) -> tuple[Tensor, Tensor]:
+    """Rows of z¹ and z² forming the pairs at offset k: (z¹_i, z²_{i+k})."""
+    if wrap:
+        return z1, z2.roll(-k, 0)
+    return z1[: z1.shape[0] - k], z2[k:]
 
 
 def hinge_loss(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
-               negatives: int | None = None, reduction: Reduction = "sum") -> Tensor:
+               negatives: int | None = None, reduction: Reduction = "sum",
+               negatives_wrap: bool = False) -> Tensor:
     """Contrastive hinge loss.
 
     Args:
         z1, z2: (N, D) head outputs of the two views (row i of each from image i).
         tau, delta: threshold and margin.
-        negatives: ``None`` — every pair i ≠ j is a negative. ``n`` — only the pairs
-            (i, i+k mod N) for k = 1…n−1, each weighted 1/n (Bio-SSL "n negatives").
-            A value ≥ N falls back to all pairs.
-        reduction: 'sum' — Σ over all terms (the paper's form); 'mean' — mean over the
-            positive terms plus mean over the negative terms.
+        negatives: ``None`` — every pair i ≠ j is a negative (weight 1). ``n`` — Bio-SSL's
+            "n negatives", each pair weighted 1/n; which pairs: see ``negatives_wrap``.
+        reduction: 'sum' — Σ over all (weighted) terms (the paper's form); 'mean' — mean
+            over the positive terms plus mean over the negative terms (weights unused).
+        negatives_wrap: False (official) — pairs (r, r+k), k = 1…n−1, r < N−k;
+            True — pairs (i, i+k mod N), and all pairs at weight 1 when n ≥ N.
     Returns: scalar loss.
     """
     _check(z1, z2)
+    _check_reduction(reduction)
     n = z1.shape[0]
     pos = torch.relu(delta - tau + (z1 - z2).abs().sum(1))            # (N,)
-    offsets = _offsets(n, negatives)
+    offsets, w = negative_offsets(n, negatives, negatives_wrap)
     if offsets is None:
         d = torch.cdist(z1, z2, p=1)                                    # (N, N)
         off_diag = ~torch.eye(n, dtype=torch.bool, device=z1.device)
         neg = torch.relu(delta + tau - d)[off_diag]                     # (N(N−1),)
-        w = 1.0
     else:
-        # Only the needed pairs: N·(n−1) distances, never the N×N matrix.
-        neg = torch.stack([torch.relu(delta + tau - (z1 - z2.roll(-k, 0)).abs().sum(1))
-                           for k in offsets])                           # (n−1, N)
-        w = 1.0 / negatives
+        # Only the needed pairs: at most N·(n−1) distances, never the N×N matrix.
+        neg = torch.cat([torch.relu(delta + tau - (a - b).abs().sum(1))
+                         for a, b in (_pair(z1, z2, k, negatives_wrap) for k in offsets)])
     if reduction == "sum":
         return pos.sum() + w * neg.sum()
-    if reduction == "mean":
-        return pos.mean() + neg.mean()
-    raise ValueError(f"unknown reduction {reduction!r}; choose 'sum' or 'mean'")
+    return pos.mean() + neg.mean()
 
 
 def hinge_error(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
-                negatives: int | None = None) -> Tensor:
-    """Explicit per-unit error ∂L/∂z² (reduction 'sum'), without autograd.
+                negatives: int | None = None, reduction: Reduction = "sum",
+                negatives_wrap: bool = False) -> Tensor:
+    """Explicit per-unit error ∂L/∂z² of :func:`hinge_loss` (same options), without autograd.
 
     e_ju = Σ_i g_ij sign(z²_ju − z¹_iu), with gate g_ij = +1 for an active positive
-    hinge, −w for an active negative hinge (w = 1 or 1/n), 0 when the hinge is off.
+    hinge, −w for an active negative hinge (w = 1 or 1/n), 0 when the hinge is off
+    ('mean': the positive gates over N, the negative ones over the number of negative
+    pairs — a constant learning-rate factor per term kind).
     Only signs, comparisons and sums: plausibility condition (ii).
     """
     _check(z1, z2)
+    _check_reduction(reduction)
     n = z1.shape[0]
-    d = torch.cdist(z1, z2, p=1)
-    eye = torch.eye(n, dtype=torch.bool, device=z1.device)
-    gate = torch.zeros_like(d)
-    gate[eye] = (d[eye] > tau - delta).to(d.dtype)
-    offsets = _offsets(n, negatives)
+    offsets, w = negative_offsets(n, negatives, negatives_wrap)
+    diff = z2 - z1
+    w_pos = 1.0 / n if reduction == "mean" else 1.0
+    err = w_pos * (diff.abs().sum(1, keepdim=True) > tau - delta).to(z2.dtype) * torch.sign(diff)
     if offsets is None:
-        neg_mask, w = ~eye, 1.0
-    else:
-        idx = torch.arange(n, device=z1.device)
-        neg_mask = torch.zeros_like(eye)
-        for k in offsets:
-            neg_mask[idx, (idx + k) % n] = True
-        w = 1.0 / negatives
-    gate = torch.where(neg_mask, -w * (d < tau + delta).to(d.dtype), gate)
-    sign = torch.sign(z2.unsqueeze(0) - z1.unsqueeze(1))                  # (i, j, u)
-    return (gate.unsqueeze(-1) * sign).sum(0)
+        d = torch.cdist(z1, z2, p=1)
+        eye = torch.eye(n, dtype=torch.bool, device=z1.device)
+        w_neg = 1.0 / (n * (n - 1)) if reduction == "mean" else w
+        gate = torch.where(eye, torch.zeros_like(d), -w_neg * (d < tau + delta).to(d.dtype))
+        sign = torch.sign(z2.unsqueeze(0) - z1.unsqueeze(1))              # (i, j, u)
+        return err + (gate.unsqueeze(-1) * sign).sum(0)
+    pairs = sum(n if negatives_wrap else n - k for k in offsets)
+    w_neg = 1.0 / pairs if reduction == "mean" else w
+    for k in offsets:
+        a, b = _pair(z1, z2, k, negatives_wrap)
+        gate = -w_neg * ((a - b).abs().sum(1, keepdim=True) < tau + delta).to(z2.dtype)
+        e = gate * torch.sign(b - a)                                     # error of the z² rows b
+        err = err + (e.roll(k, 0) if negatives_wrap else torch.cat([e.new_zeros(k, e.shape[1]), e]))
+    return err
 
 
 @dataclass
@@ -107,13 +140,23 @@ class HingeConfig:
     grad_block: bool = False
     """Detach the first view's head output: it acts as stored post-synaptic activity."""
     negatives: int | None = None
-    """None: all pairs; n: pairs (i, i+k), k = 1…n−1, weighted 1/n."""
+    """None: every pair i ≠ j is a negative (weight 1); n: Bio-SSL's n negatives, the pairs
+    at offsets k = 1…n−1, each weighted 1/n (which pairs: ``negatives_wrap``)."""
+    negatives_wrap: bool = False
+    """False (default; the official HingeNNFewerNegs): pairs (r, r+k) with r < N−k, no
+    wrap-around (``torch.diagonal(·, k)``); n ≥ N: every upper-diagonal pair, weight 1/n.
+    True: pairs (i, i+k mod N), every row gets n−1 negatives; n ≥ N: all pairs, weight 1."""
     reduction: Reduction = "sum"
     """'sum' (paper) or 'mean' (positives and negatives each averaged)."""
     dim: PositiveInt = 64
     """Head output dimension."""
     head_pool: PositiveInt | None = 1
-    """Head's adaptive average pool output side (1: global; None: flatten everything)."""
+    """Head's average pool: the output side ('adaptive', 1: global) or the window
+    ('window'); None: no pool, flatten the whole map (the official conv6 heads)."""
+    head_pool_mode: PoolMode = "adaptive"
+    """How ``head_pool`` is read (default 'adaptive'): 'adaptive' — adaptive average pool to
+    head_pool × head_pool; 'window' — AvgPool(head_pool), window = stride (Bio-SSL's vgg6
+    head: AvgPool2d(2))."""
     head_init: float = 1.0
     """Scale of the head's initial weights (× PyTorch's default). A small head (0.1) lets
     random feedback align: under ``urf`` the offset B − W stays at its (then small) initial
@@ -127,6 +170,7 @@ class HingeConfig:
             raise ValueError("delta must be ≥ 0")
         if self.head_init <= 0:
             raise ValueError(f"head_init must be > 0, got {self.head_init}")
+        check_head_pool(self.head_pool, self.head_pool_mode)
 
 
 class HingeObjective(Objective):
@@ -139,10 +183,12 @@ class HingeObjective(Objective):
         super().__init__()
         self.cfg = cfg
         self.stop_grad_first = cfg.grad_block
-        self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, init_scale=cfg.head_init)
+        self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, init_scale=cfg.head_init,
+                                   pool_mode=cfg.head_pool_mode)
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         z1, z2 = batch.split(self.head(h).float())
         if self.cfg.grad_block:
             z1 = z1.detach()
-        return hinge_loss(z1, z2, self.cfg.tau, self.cfg.delta, self.cfg.negatives, self.cfg.reduction)
+        return hinge_loss(z1, z2, self.cfg.tau, self.cfg.delta, self.cfg.negatives, self.cfg.reduction,
+                          self.cfg.negatives_wrap)

@@ -2,51 +2,71 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from biossl.bounds import PositiveInt
-from biossl.objectives.base import Objective, ProjectionHead
+from biossl.objectives.base import Objective, PoolMode, ProjectionHead, check_head_pool
 from biossl.views.batch import ViewBatch
 
+NTXentReduction = Literal["mean", "sum_directions"]
 
-def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+
+def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5,
+                reduction: NTXentReduction = "mean") -> Tensor:
     """Normalised-temperature cross-entropy over 2N views.
 
     Args:
         z1, z2: (N, D) projections of the two views (row i of each from image i).
         temperature: cosine-similarity temperature (0.1–0.5).
-    Returns: mean over the 2N anchors of −log softmax(sim/τ)[positive], the softmax over
-    the 2N − 1 other views (1 positive, 2N − 2 negatives), via log-sum-exp.
+        reduction: 'mean' — the mean over the 2N anchors (SimCLR); 'sum_directions' — the
+            mean over the N first-view anchors plus the mean over the N second-view anchors,
+            i.e. 2× 'mean' (Bio-SSL's ``SimCLRLoss``, their Table 1 SimCLR row).
+    Returns: −log softmax(sim/τ)[positive] reduced as above, the softmax over the 2N − 1
+    other views (1 positive, 2N − 2 negatives), via log-sum-exp.
     """
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
+    if reduction not in ("mean", "sum_directions"):
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'sum_directions'")
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = z @ z.t() / temperature                                   # (2N, 2N)
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, target)
+    loss = F.cross_entropy(sim, target)
+    # the two directions' means, summed: 2 × the mean over all 2N anchors
+    return 2.0 * loss if reduction == "sum_directions" else loss
 
 
 @dataclass
 class NTXentConfig:
     temperature: float = 0.5
-    """Cosine-similarity temperature."""
+    """Cosine-similarity temperature (Bio-SSL's SimCLR row: 0.1)."""
+    reduction: NTXentReduction = "mean"
+    """'mean' (default, SimCLR): mean over the 2N anchors; 'sum_directions': the two
+    directions' means summed, 2× 'mean' (Bio-SSL's SimCLRLoss)."""
     dim: PositiveInt = 64
     """Projection dimension."""
     hidden: PositiveInt | None = None
     """Hidden width of a 2-layer MLP head (SimCLR); None: one linear layer."""
     head_pool: PositiveInt | None = 1
-    """Head's adaptive average pool output side (1: global)."""
+    """Head's average pool: the output side ('adaptive', 1: global) or the window
+    ('window'); None: no pool, flatten the whole map."""
+    head_pool_mode: PoolMode = "adaptive"
+    """How ``head_pool`` is read (default 'adaptive'; 'window': AvgPool(head_pool))."""
 
     def validate(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.reduction not in ("mean", "sum_directions"):
+            raise ValueError(f"unknown reduction {self.reduction!r}; choose 'mean' or 'sum_directions'")
+        check_head_pool(self.head_pool, self.head_pool_mode)
 
 
 class NTXentObjective(Objective):
@@ -58,8 +78,8 @@ class NTXentObjective(Objective):
     def __init__(self, cfg: NTXentConfig, in_shape: tuple[int, ...]):
         super().__init__()
         self.cfg = cfg
-        self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, cfg.hidden)
+        self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, cfg.hidden, pool_mode=cfg.head_pool_mode)
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         z1, z2 = batch.split(self.head(h).float())
-        return ntxent_loss(z1, z2, self.cfg.temperature)
+        return ntxent_loss(z1, z2, self.cfg.temperature, self.cfg.reduction)

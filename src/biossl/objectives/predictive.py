@@ -88,7 +88,12 @@ class PredictiveObjective(Objective):
         super().__init__()
         self.generator = torch.Generator()
         # None follows the run's seed (the assembler seeds torch before building components)
-        self.generator.manual_seed(int(torch.initial_seed() if seed is None else seed) % (2 ** 63))
+        self.base_seed = int(torch.initial_seed() if seed is None else seed) % (2 ** 63)
+        self.generator.manual_seed(self.base_seed)
+
+    def separate_draws(self, stage: int) -> None:
+        """Stage 0 keeps the base stream; stage i > 0 gets seed base + i·1000003."""
+        self.generator.manual_seed((self.base_seed + stage * 1_000_003) % (2 ** 63))
 
     def _check_batch(self, batch: ViewBatch) -> None:
         if batch.kind not in self.accepts_kinds:

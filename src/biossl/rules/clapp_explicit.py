@@ -7,7 +7,9 @@ CLAPP's update of a forward weight W_ij of a stage (pre-synaptic unit i, post-sy
 The objective supplies the modulated dendritic signals at the stage output (γ times
 W_pred c for a future patch, γ times W_retro z for a context patch, spread over the
 patch's spatial positions by the per-patch average; see
-``ClappObjective.explicit_backward``). This module supplies the rest, inside the stage:
+``ClappObjective.explicit_backward``; with ``retro_score: separate``, the official form,
+the context's signal is gated by its own γ′ from the mirror score u′ = cᵀ W_retro z). This
+module supplies the rest, inside the stage:
 the signal is routed back through the max-pool to the unit that won it (argmax), gated
 by the post-synaptic derivative ρ′(a), and multiplied with the pre-synaptic input x
 (via ``unfold`` for a convolution, which lists the inputs each output unit sees). The

@@ -16,16 +16,20 @@ One training step on a batch (stages 0…L−1, g_l the learned inverse of stage
    min mean ‖g_l(f_l(h_{l−1}+ε)) − (h_{l−1}+ε)‖², ε ~ N(0, noise_std²) drawn from the
    rule's generator, with f_l frozen (run under ``no_grad``); one feedback optimizer
    holds all g parameters (their losses are separate graphs, so each g sees only its
-   own). Done *before* the targets, so they use the freshest inverses.
+   own). By default done *before* the targets, so they use the freshest inverses;
+   ``feedback_order='after_targets'`` (the official SSL-DTP code) computes the targets
+   with the inverses of the previous step and trains g afterwards.
 3. **Top target.** The objective runs on a detached leaf copy of h_L:
    ĥ_L = h_L − eta · ∂L_SSL/∂h_L. The same backward gives the head its gradient
    (the head has its own optimizer).
 4. **Targets downwards** (``no_grad``): ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l).
-5. **Forward phase.** Stage l minimises ½‖f_l(sg(h_{l−1})) − sg(ĥ_l)‖² with its own
-   optimizer. ``target_loss='sum'`` sums over rows and units, so the top stage's
-   update is exactly eta × its back-propagation gradient; 'mean' averages over rows
-   (sum over units). Its gradient is the post-synaptic difference times the
-   pre-synaptic activity (Hebbian form).
+5. **Forward phase.** Stage l minimises ‖f_l(sg(h_{l−1})) − sg(ĥ_l)‖² with its own
+   optimizer. ``target_loss='sum'`` is ½·Σ over rows and units, so the top stage's
+   update is exactly eta × its back-propagation gradient; 'row_mean' is that over the
+   rows; 'element_mean' (the official SSL-DTP code, ``mse_loss``) is the mean over all
+   elements without the ½, i.e. 'sum' × 2 / numel — with Adam the step size then
+   differs (mean-reduced gradients sit near Adam's ε). Its gradient is the
+   post-synaptic difference times the pre-synaptic activity (Hebbian form).
 
 During the first ``feedback_warmup`` steps only phase 2 runs (forward weights and head
 are untouched). Cost: one forward, a weight-only backward per stage, two g passes per
@@ -57,7 +61,12 @@ class DTPConfig:
     eta: float = 0.5
     """Top target step: ĥ_L = h_L − eta · ∂L_SSL/∂h_L."""
     noise_std: float = 0.1
-    """σ of the Gaussian corruption ε of h_{l−1} when training g_l (units of the activity)."""
+    """σ of the Gaussian corruption ε of h_{l−1} when training g_l (units of the activity);
+    default 0.1, the official SSL-DTP code uses 1.0."""
+    feedback_order: Literal["before_targets", "after_targets"] = "before_targets"
+    """When the feedback phase runs within a step: 'before_targets' (default) — g is trained
+    first, so the targets use the freshest inverses; 'after_targets' (official SSL-DTP) —
+    the targets are computed with the previous step's g, then g is trained."""
     feedback_steps: int = 1
     """K: reconstruction updates of every g_l per feedback phase, each with fresh noise."""
     feedback_every: int = 1
@@ -76,9 +85,10 @@ class DTPConfig:
     has h_{l−1}'s range) — or an activation name (relu, hardtanh, tanh, leaky_relu, identity)."""
     feedback_bias: bool = True
     """Give the transposed convs / linear maps of g a bias."""
-    target_loss: Literal["sum", "mean"] = "sum"
-    """Stage loss ½‖f_l − ĥ_l‖²: 'sum' over rows and units (top update = eta × BP gradient)
-    or 'mean' over rows (sum over units)."""
+    target_loss: Literal["sum", "row_mean", "element_mean"] = "sum"
+    """Stage loss from ‖f_l − ĥ_l‖²: 'sum' (default) — ½ Σ over rows and units (top update =
+    eta × BP gradient); 'row_mean' — ½ Σ / rows; 'element_mean' — mean over all elements,
+    no ½ (official SSL-DTP, ``mse_loss``): 'sum' × 2 / numel."""
     diagnostics_every: int = 100
     """Steps between measurements of the angle between each stage's DTP update and its BP
     gradient on that step's batch (one extra BP forward + backward); 0: off."""
@@ -102,8 +112,12 @@ class DTPConfig:
             raise ValueError(f"diagnostics_every must be ≥ 0, got {self.diagnostics_every}")
         if self.feedback_rows not in ("one_view", "all"):
             raise ValueError(f"unknown feedback_rows {self.feedback_rows!r}; choose 'one_view' or 'all'")
-        if self.target_loss not in ("sum", "mean"):
-            raise ValueError(f"unknown target_loss {self.target_loss!r}; choose 'sum' or 'mean'")
+        if self.target_loss not in ("sum", "row_mean", "element_mean"):
+            raise ValueError(f"unknown target_loss {self.target_loss!r}; choose 'sum', 'row_mean' "
+                             f"or 'element_mean'")
+        if self.feedback_order not in ("before_targets", "after_targets"):
+            raise ValueError(f"unknown feedback_order {self.feedback_order!r}; choose "
+                             f"'before_targets' or 'after_targets'")
         if self.feedback_activation != "below":
             try:
                 activation(self.feedback_activation)
@@ -225,9 +239,26 @@ class DTP(Rule):
     def stage_losses(self, outs: list[Tensor], targets: list[Tensor]) -> list[Tensor]:
         losses = []
         for out, t in zip(outs, targets):
+            if self.cfg.target_loss == "element_mean":
+                losses.append(F.mse_loss(out, t))
+                continue
             sq = 0.5 * F.mse_loss(out, t, reduction="sum")
             losses.append(sq if self.cfg.target_loss == "sum" else sq / out.shape[0])
         return losses
+
+    def feedback_phase(self, p: _Pass, batch: ViewBatch) -> dict[str, float]:
+        """``feedback_steps`` denoising updates of every g_l; returns the last losses."""
+        hs = p.hs
+        if self.cfg.feedback_rows == "one_view" and batch.kind == "pairs" and p.active.start == 0:
+            hs = [h[batch.n:] for h in hs]
+        for _ in range(self.cfg.feedback_steps):
+            self.feedback_optimizer.zero_grad(set_to_none=True)
+            fb = self.feedback_losses(hs)
+            total = sum(fb)
+            check_finite(total, "feedback loss")
+            total.backward()
+            self.feedback_optimizer.step()
+        return {f"recon/stage{l + 1}": v.item() for l, v in enumerate(fb)}
 
     # ---- the trainer's interface -------------------------------------------------------
     def step(self, batch: ViewBatch) -> dict[str, float]:
@@ -238,18 +269,10 @@ class DTP(Rule):
         log: dict[str, float] = {}
         p = self.forward_pass(batch, with_graph=not warm)
         fb_turn = warm or self.steps_done % self.cfg.feedback_every == 0
-        if len(self.inverses) and self.cfg.feedback_steps and fb_turn:
-            hs = p.hs
-            if self.cfg.feedback_rows == "one_view" and batch.kind == "pairs" and p.active.start == 0:
-                hs = [h[batch.n:] for h in hs]
-            for _ in range(self.cfg.feedback_steps):
-                self.feedback_optimizer.zero_grad(set_to_none=True)
-                fb = self.feedback_losses(hs)
-                total = sum(fb)
-                check_finite(total, "feedback loss")
-                total.backward()
-                self.feedback_optimizer.step()
-            log.update({f"recon/stage{l + 1}": v.item() for l, v in enumerate(fb)})
+        train_g = bool(len(self.inverses) and self.cfg.feedback_steps and fb_turn)
+        g_first = warm or self.cfg.feedback_order == "before_targets"
+        if train_g and g_first:
+            log.update(self.feedback_phase(p, batch))
         if warm:
             with torch.no_grad():
                 log["loss"] = self.objective(p.top, batch).item()
@@ -260,6 +283,8 @@ class DTP(Rule):
                 o.zero_grad(set_to_none=True)
         loss, top = self.top_target(p, batch)
         targets = self.propagate_targets(p.hs, top)
+        if train_g and not g_first:  # official order: targets from the previous step's g
+            log.update(self.feedback_phase(p, batch))
         local = self.stage_losses(p.outs, targets)
         total = sum(local)
         check_finite(total, "DTP stage loss")

@@ -34,9 +34,16 @@ class LocalConfig:
     CLAPP's plasticity rule computed from activities (needs an objective with an explicit
     form, e.g. clapp, and stages of one conv/linear layer + nonlinearity + max-pool)."""
 
+    draws: Literal["lockstep", "per_stage"] = "lockstep"
+    """The stage objectives' random draws (CLAPP's negatives and coins): 'lockstep' (default)
+    — every stage's objective starts from the same seed, so at each step all stages make the
+    same choice; 'per_stage' (the official CLAPP code) — each stage draws its own."""
+
     def validate(self) -> None:
         if self.mode not in ("autograd", "explicit"):
             raise ValueError(f"unknown mode {self.mode!r}; choose 'autograd' or 'explicit'")
+        if self.draws not in ("lockstep", "per_stage"):
+            raise ValueError(f"unknown draws {self.draws!r}; choose 'lockstep' or 'per_stage'")
 
 
 class LayerLocal(Rule):
@@ -50,6 +57,9 @@ class LayerLocal(Rule):
         cfg.validate()
         super().__init__(cfg, encoder, make_objective, train)
         self.objectives = nn.ModuleList(make_objective(i) for i in range(len(encoder)))
+        if cfg.draws == "per_stage":
+            for i, obj in enumerate(self.objectives):
+                obj.separate_draws(i)
         if cfg.mode == "explicit":
             for i, (stage, obj) in enumerate(zip(encoder.stages, self.objectives)):
                 if not callable(getattr(obj, "explicit_backward", None)):
