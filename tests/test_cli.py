@@ -143,3 +143,13 @@ def test_a_run_records_the_dataset_copy_it_read(tmp_path):
     assert cli(["train", "fmnist-bp-hinge", f"data.root={copy}", *TINY, "--out", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "data_source.txt").read_text() == f"{copy}\n"
     assert (tmp_path / "a" / "checkpoint.pt").is_file()
+
+
+def test_output_piped_into_head_is_not_a_traceback():
+    import subprocess
+    import sys
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    # `true` exits without reading: every write of biossl meets a closed pipe
+    done = subprocess.run(f"{sys.executable} -m biossl config fmnist-bp-hinge | true",
+                          shell=True, capture_output=True, text=True, env=env, timeout=600)
+    assert done.stderr == "", done.stderr
