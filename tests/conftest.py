@@ -21,3 +21,18 @@ def seeded_global_rng():
     draws from it (module initialisation, mostly) does not depend on which tests ran before.
     Tests that need particular values use their own torch.Generator."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """No test sees the real cache, $BIOSSL_DATA, system dirs, or the network (data tests
+    opt in with ``pytestmark = pytest.mark.usefixtures("isolated_data")``)."""
+    from biossl.data import fetch, locate
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BIOSSL_DATA", raising=False)
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", (tmp_path / "system",))
+
+    def no_network(url, timeout=30.0):
+        raise RuntimeError(f"test tried to use the network: {url}")
+
+    monkeypatch.setattr(fetch, "open_url", no_network)

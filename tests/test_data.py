@@ -30,17 +30,7 @@ FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test sees the real cache, $BIOSSL_DATA, system dirs, or the network."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("BIOSSL_DATA", raising=False)
-    monkeypatch.setattr(locate, "SYSTEM_DIRS", (tmp_path / "system",))
-
-    def no_network(url, timeout=30.0):
-        raise RuntimeError(f"test tried to use the network: {url}")
-
-    monkeypatch.setattr(fetch, "open_url", no_network)
+pytestmark = pytest.mark.usefixtures("isolated_data")  # tests/conftest.py
 
 
 def fake_network(monkeypatch, files: dict[str, bytes], *, announce: dict[str, int] | None = None,

@@ -13,21 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biossl.data import CIFAR10, CIFAR100, STL10, DatasetError, FashionMNIST, fetch, load_dataset, locate
+from biossl.data import CIFAR10, CIFAR100, STL10, DatasetError, FashionMNIST, load_dataset, locate
 
 FIX = "Delete it and download it again."
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test sees the real cache, $BIOSSL_DATA, system dirs, or the network."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("BIOSSL_DATA", raising=False)
-    monkeypatch.setattr(locate, "SYSTEM_DIRS", (tmp_path / "system",))
-
-    def no_network(url, timeout=30.0):
-        raise RuntimeError(f"test tried to use the network: {url}")
-    monkeypatch.setattr(fetch, "open_url", no_network)
+pytestmark = pytest.mark.usefixtures("isolated_data")  # tests/conftest.py
 
 
 def idx(arr: np.ndarray) -> bytes:

@@ -1,10 +1,5 @@
 """The training loop end to end on real Fashion-MNIST: resume equality, signals, errors."""
 import json
-import signal
-import subprocess
-import sys
-import time
-import os
 from pathlib import Path
 
 import pytest
