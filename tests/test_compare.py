@@ -43,15 +43,15 @@ def test_shipped_suites_resolve_every_cell():
     overrides and its own (the later winning) in the config it will record."""
     import yaml
     from biossl.config import parse_override
-    from biossl.train import run_config_text
-    for name in ("fmnist-quick", "biossl-table1", "biossl-table2", "clapp-stl10"):
+    from biossl.rundir import flat_config, run_config_text
+    for name in ("fmnist-quick", "fmnist-long", "biossl-table1", "biossl-table2", "clapp-stl10"):
         suite = load_suite(name)
         assert len({c.label for c in suite.cells}) == len(suite.cells), f"{name}: duplicate labels"
         for cell in suite.cells:
             seed = suite.seeds[-1]
             cfg = compare.cell_config(suite, cell, seed)
             assert cfg.name == cell.label and cfg.train.seed == seed
-            recorded = compare._flat(yaml.safe_load(run_config_text(cfg)))
+            recorded = flat_config(yaml.safe_load(run_config_text(cfg)))
             wanted = {}
             for item in suite.common + cell.overrides:
                 keys, value = parse_override(item)

@@ -34,7 +34,7 @@ from biossl.config import (SUITES_DIR, ConfigError, RunConfig, apply_overrides, 
                            load_raw)
 from biossl.registry import OBJECTIVES, RULES
 from biossl.rules.base import CONDITION_TEXT, CONDITIONS, plausibility
-from biossl.train import RUN_CONFIG, run_config_text, save_run_config
+from biossl.rundir import RUN_CONFIG, flat_config, run_config_text, save_run_config
 
 
 @dataclass
@@ -106,13 +106,6 @@ def cell_config(suite: Suite, cell: Cell, seed: int) -> RunConfig:
     return cfg
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 RANDOM_INIT_KEYS = ("data.", "views.", "encoder.", "eval.", "train.seed")
 """What a random-init row depends on (its config is borrowed from the family's first cell)."""
 
@@ -124,8 +117,8 @@ def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | No
     stored_path = cell_dir / RUN_CONFIG
     if not stored_path.is_file():
         return
-    stored = _flat(yaml.safe_load(stored_path.read_text()) or {})
-    now = _flat(yaml.safe_load(run_config_text(cfg)))  # the stored form: tuples as lists
+    stored = flat_config(yaml.safe_load(stored_path.read_text()) or {})
+    now = flat_config(yaml.safe_load(run_config_text(cfg)))  # the stored form: tuples as lists
     keys = {k for k in set(stored) | set(now) if only is None or k.startswith(only)}
     changed = sorted(k for k in keys if stored.get(k) != now.get(k))
     if changed:
