@@ -16,15 +16,9 @@ from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
 from biossl.rundir import CHECKPOINT, config_changes, load_run_config
 
 
-def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
-    """Where a probe table goes: ``probe`` for the run's own eval settings, ``probe-KEY=VALUE…``
-    for other settings (eval.* overrides, another dataset), so each settings keeps its table
-    and a re-run with the same settings replaces only its own."""
-    run_dir = Path(run_dir)
-    if not overrides:
-        return run_dir / "probe"
-    base = load_run_config(run_dir)
-    changes = config_changes(base, build_config(apply_overrides(base.to_dict(), list(overrides))))
+def _stem(run_dir: Path, base: RunConfig, cfg: RunConfig) -> Path:
+    """``probe`` for the run's own eval settings, ``probe-KEY=VALUE…`` for other settings."""
+    changes = config_changes(base, cfg)
     if not changes:
         return run_dir / "probe"
     slug = "_".join(f"{k.removeprefix('eval.')}={new}" for k, (_, new) in changes.items())
@@ -34,17 +28,25 @@ def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
     return run_dir / f"probe-{slug}"
 
 
-def _eval_config(run_dir: Path, overrides) -> RunConfig:
-    cfg = load_run_config(run_dir)
-    if overrides:
-        cfg = build_config(apply_overrides(cfg.to_dict(), list(overrides)))
-    return cfg
+def _eval_configs(run_dir: Path, overrides) -> tuple[RunConfig, RunConfig]:
+    """(the run's own config, the config with the eval overrides applied)."""
+    base = load_run_config(run_dir)
+    cfg = build_config(apply_overrides(base.to_dict(), list(overrides))) if overrides else base
+    return base, cfg
+
+
+def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
+    """Where a probe table goes: ``probe`` for the run's own eval settings, ``probe-KEY=VALUE…``
+    for other settings (eval.* overrides, another dataset), so each settings keeps its table
+    and a re-run with the same settings replaces only its own."""
+    run_dir = Path(run_dir)
+    return _stem(run_dir, *_eval_configs(run_dir, overrides))
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
                  trained: bool = True) -> list:
     run_dir = Path(run_dir)
-    cfg = _eval_config(run_dir, overrides)
+    base, cfg = _eval_configs(run_dir, overrides)
     asm = assemble(cfg)
     rows = []
     dataset = cfg.eval.dataset or cfg.data.name
@@ -96,7 +98,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
     if note:
         for r in rows:
             r.protocol = f"{r.protocol} | {dataset} {note}"
-    out = probe_stem(run_dir, overrides)
+    out = _stem(run_dir, base, cfg)
     write_csv(rows, out.with_suffix(".csv"))
     table = format_table(rows)
     budget = "; ".join(f"{k}: {v} images seen in SSL" for k, v in budgets.items())
