@@ -34,7 +34,7 @@ from biossl.config import (SUITES_DIR, ConfigError, RunConfig, apply_overrides, 
                            load_raw)
 from biossl.registry import OBJECTIVES, RULES
 from biossl.rules.base import CONDITION_TEXT, CONDITIONS, plausibility
-from biossl.rundir import RUN_CONFIG, flat_config, run_config_text, save_run_config
+from biossl.rundir import RUN_CONFIG, config_changes, load_run_config, save_run_config
 
 
 @dataclass
@@ -114,15 +114,12 @@ def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | No
     """A cell directory is reused (finished or resumed) only for the config it was run with:
     after a recipe or suite edit its stored result would silently describe another run.
     ``only``: compare just the keys starting with these prefixes."""
-    stored_path = cell_dir / RUN_CONFIG
-    if not stored_path.is_file():
+    if not (cell_dir / RUN_CONFIG).is_file():
         return
-    stored = flat_config(yaml.safe_load(stored_path.read_text()) or {})
-    now = flat_config(yaml.safe_load(run_config_text(cfg)))  # the stored form: tuples as lists
-    keys = {k for k in set(stored) | set(now) if only is None or k.startswith(only)}
-    changed = sorted(k for k in keys if stored.get(k) != now.get(k))
+    changes = config_changes(load_run_config(cell_dir), cfg)
+    changed = [k for k in changes if only is None or k.startswith(only)]
     if changed:
-        shown = ", ".join(f"{k}: {stored.get(k)!r} → {now.get(k)!r}" for k in changed[:6])
+        shown = ", ".join(f"{k}: {changes[k][0]!r} → {changes[k][1]!r}" for k in changed[:6])
         more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
         raise ConfigError(f"{cell_dir} was run with another config ({shown}{more}); delete that "
                           f"directory to re-run the cell, or give the suite another --out")
