@@ -22,7 +22,7 @@ from biossl.bench import bench_configs, write_bench_json
 from biossl.config import load_config
 tiny = {tiny!r}
 cells = [("e2e-bp", load_config("fmnist-bp-hinge", tiny)),
-         ("gll-urf stage 2", load_config("fmnist-gll-hinge", tiny + ["rule.feedback=urf"]), 1)]
+         ("gll-urf stage 2", load_config("fmnist-gll-hinge", tiny + ["transport.name=urf", "train.epochs=2"]), 1)]
 write_bench_json(bench_configs(cells, steps=3, warmup=1, rounds=1, progress=False), sys.argv[1])
 """
 
@@ -39,7 +39,7 @@ def test_bench_rows_are_relative_to_the_first_cell(tmp_path):
     result = run_bench(tmp_path / "bench.json")
     rows = result["rows"]
     assert [r["label"] for r in rows] == ["e2e-bp", "gll-urf stage 2"]
-    assert [r["rule"] for r in rows] == ["bp", "gll"] and result["machine"]["torch"]
+    assert [r["rule"] for r in rows] == ["e2e-bp", "greedy-urf"] and result["machine"]["torch"]
     ref = rows[0]
     for r in rows:
         assert r["step_ms"] > 0 and r["images_per_s"] > 0 and r["batch_size"] == 32
@@ -54,17 +54,18 @@ def test_bench_rows_are_relative_to_the_first_cell(tmp_path):
             assert math.isclose(r["peak_mem_vs_ref"], r["peak_mib"] / ref["peak_mib"], rel_tol=1e-9)
     assert ref["images_per_s_vs_ref"] == 1.0 and ref["step_time_vs_ref"] == 1.0
     table = format_bench(rows)
-    assert f"| gll-urf stage 2 | gll | hinge | {rows[1]['step_ms']:.1f} |" in table
+    assert f"| gll-urf stage 2 | greedy-urf | hinge | {rows[1]['step_ms']:.1f} |" in table
     assert f"| {rows[1]['images_per_s_vs_ref']:.2f} |" in table
 
 
 def test_default_cells_cover_the_rules_and_build():
     cells = default_cells()
-    rules = {c.rule.name for _, c, _ in cells}
-    assert {"bp", "rf", "urf", "sign", "gll", "rll", "dtp", "clapp"} <= rules
+    rules = {c.rule_name() for _, c, _ in cells}
+    assert {"e2e-bp", "e2e-rf", "e2e-urf", "e2e-sign", "greedy-urf", "random-urf", "e2e-targets",
+            "simultaneous-bp", "simultaneous-explicit"} <= rules
     assert cells[0][0] == "e2e-bp"
     for label, cfg, epoch in cells:  # the schedule epoch selects the GLL stage the label names
         if label.startswith("gll-urf stage"):
             rule = assemble(cfg).rule
             rule.start_epoch(epoch)
-            assert rule.stage + 1 == int(label.rsplit(" ", 1)[1]), label
+            assert rule.schedule.stage + 1 == int(label.rsplit(" ", 1)[1]), label

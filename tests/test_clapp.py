@@ -10,9 +10,9 @@ from biossl.config import RECIPES_DIR, ConfigError, TrainConfig, build_config, f
 from biossl.encoders.convstack import ConvStackConfig, convstack
 from biossl.objectives.clapp import ClappConfig, ClappObjective, RetroScore, clapp_gamma
 from biossl.objectives.infonce import InfoNCEConfig, InfoNCEObjective
-from biossl.registry import OBJECTIVES, RULES, load_all
+from biossl.registry import OBJECTIVES, SCHEDULES, TRANSPORTS, load_all
 from biossl.rules.clapp_explicit import check_stage, forward_traced, local_gradients
-from biossl.rules.local import LayerLocal, LocalConfig
+from biossl.rules import make_rule
 from biossl.views.batch import ViewBatch
 
 
@@ -95,7 +95,7 @@ def reference_loss(obj: ClappObjective, h, batch, draws):
 
 OFFICIAL_CLAPP = dict(negative_draw="any_image", coin="per_pass", either_divisor="coin_counts",
                       retro_score="separate")
-OFFICIAL_CLAPP_S = dict(negative_draw="any_location", negatives=16, sampling="both", feedback="transpose")
+OFFICIAL_CLAPP_S = dict(negative_draw="any_location", negatives=16, sampling="both", context_path="transpose")
 
 
 # --------------------------------------------------------------------------- γ
@@ -128,15 +128,15 @@ def test_gamma_update_moves_scores_the_right_way():
 
 # --------------------------------------------------------------------------- objective
 @pytest.mark.parametrize("cfg", [
-    ClappConfig(seed=1),
-    ClappConfig(seed=1, sampling="both", negatives=3, feedback="transpose"),
-    ClappConfig(seed=1, negatives=2, retro_learning="fixed"),
-    ClappConfig(seed=1, **OFFICIAL_CLAPP),                                   # official CLAPP
-    ClappConfig(seed=1, **{**OFFICIAL_CLAPP, "retro_learning": "fixed", "negatives": 2}),
-    ClappConfig(seed=1, either_divisor="coin_counts"),
-    ClappConfig(seed=1, coin="per_pass", negative_draw="any_image", negatives=3),
-    ClappConfig(seed=1, **OFFICIAL_CLAPP_S),                                 # official CLAPP-s
-    ClappConfig(seed=1, negative_draw="any_location", negatives=3),
+    ClappConfig(),
+    ClappConfig(sampling="both", negatives=3, context_path="transpose"),
+    ClappConfig(negatives=2, retro_learning="fixed"),
+    ClappConfig(**OFFICIAL_CLAPP),                                   # official CLAPP
+    ClappConfig(**{**OFFICIAL_CLAPP, "retro_learning": "fixed", "negatives": 2}),
+    ClappConfig(either_divisor="coin_counts"),
+    ClappConfig(coin="per_pass", negative_draw="any_image", negatives=3),
+    ClappConfig(**OFFICIAL_CLAPP_S),                                 # official CLAPP-s
+    ClappConfig(negative_draw="any_location", negatives=3),
 ])
 def test_loss_matches_the_formula(cfg):
     """Values and gradients (at h, W_pred, W_retro) against the naive formula, float64."""
@@ -165,18 +165,19 @@ def test_loss_matches_the_formula(cfg):
 
 
 def test_steps_are_capped_by_the_grid_and_pairs_use_one_step():
-    obj = ClappObjective(ClappConfig(steps=5, seed=0), (3,)).double()
+    obj = ClappObjective(ClappConfig(steps=5), (3,)).double()
     g = torch.Generator().manual_seed(0)
     h = torch.randn(4 * 36, 3, generator=g, dtype=torch.float64)
     obj(h, grid_batch(rows=6))  # 6 rows: k = 1…4 (row r predicts row r+k+1)
     with pytest.raises(ValueError, match="rows"):
         obj(torch.randn(4 * 2 * 6, 3, dtype=torch.float64), grid_batch(rows=2))
     # a pairs batch is a two-row grid: view 2 is the future of view 1, one step (W_pred,1)
-    pairs = ClappObjective(ClappConfig(seed=0, sampling="both"), (3,))
+    pairs = ClappObjective(ClappConfig(sampling="both"), (3,))
     assert set(ClappObjective.accepts_kinds) == {"grid", "pairs"}
     v1, v2 = torch.randn(4, 3, generator=g, requires_grad=True), torch.randn(4, 3, generator=g)
+    before = pairs.draw_state()
     loss = pairs(torch.cat([v1, v2]), ViewBatch(torch.zeros(8, 1, 2, 2), 4, "pairs"))
-    pairs.generator.manual_seed(0)
+    pairs.set_draw_state(before)
     (d,) = pairs.draw(4, [1]).steps
     w = pairs.w_pred[0]
     u_pos = torch.einsum("nd,dc,nc->n", v2, w, v1)
@@ -187,7 +188,7 @@ def test_steps_are_capped_by_the_grid_and_pairs_use_one_step():
 
 
 def test_either_sampling_takes_positive_xor_negative_per_image():
-    obj = ClappObjective(ClappConfig(seed=0, negatives=1), (3,))
+    obj = ClappObjective(ClappConfig(negatives=1), (3,))
     draws = obj.draw(64, [6] * 5).steps
     for d in draws:
         images, where = d.index // 6, d.index % 6
@@ -198,14 +199,14 @@ def test_either_sampling_takes_positive_xor_negative_per_image():
         assert torch.equal(d.use[0], ~d.use[1])
         assert 10 < int(d.use[0].sum()) < 54  # p = ½
     assert not all(torch.equal(draws[0].use, d.use) for d in draws[1:])  # default: a coin per step
-    both = ClappObjective(ClappConfig(seed=0, sampling="both", negatives=16), (3,))
+    both = ClappObjective(ClappConfig(sampling="both", negatives=16), (3,))
     (d,) = both.draw(10, [1]).steps
     assert bool(d.use.all()) and d.use.shape == (10, 10)  # capped at n − 1 = 9 negatives
     assert sorted((d.index[1:, 0, 0]).tolist()) == list(range(1, 10))
 
 
 def test_official_coin_is_drawn_once_per_pass_and_normalised_by_its_counts():
-    obj = ClappObjective(ClappConfig(seed=0, coin="per_pass", either_divisor="coin_counts"), (3,))
+    obj = ClappObjective(ClappConfig(coin="per_pass", either_divisor="coin_counts"), (3,))
     draws = obj.draw(32, [6, 4, 2]).steps
     assert all(torch.equal(d.use, draws[0].use) for d in draws)
     n_pos = int(draws[0].use[0].sum())
@@ -224,7 +225,7 @@ def test_official_negative_draws():
     """any_image: one image per image (itself with probability 1/b), same location everywhere;
     any_location: uniform over all images and locations, with replacement."""
     n, p = 8, 5
-    obj = ClappObjective(ClappConfig(seed=0, negative_draw="any_image"), (3,))
+    obj = ClappObjective(ClappConfig(negative_draw="any_image"), (3,))
     draws = obj.draw(n, [p] * 400).steps
     images = torch.stack([d.index[1] // p for d in draws])          # (400, n, P)
     where = torch.stack([d.index[1] % p for d in draws])
@@ -232,7 +233,7 @@ def test_official_negative_draws():
     assert bool((images == images[..., :1]).all())
     own = (images[..., 0] == torch.arange(n)).double().mean().item()
     assert abs(own - 1 / n) < 0.03
-    s_obj = ClappObjective(ClappConfig(seed=0, **OFFICIAL_CLAPP_S), (3,))
+    s_obj = ClappObjective(ClappConfig(**OFFICIAL_CLAPP_S), (3,))
     (d,) = s_obj.draw(n, [p]).steps
     assert d.index.shape == (17, n, p) and bool(d.use.all())
     many = torch.cat([s_obj.draw(n, [p]).steps[0].index[1:].flatten() for _ in range(100)])
@@ -242,13 +243,13 @@ def test_official_negative_draws():
 
 
 def test_separate_retro_score_has_its_own_draws_and_needs_retro_feedback():
-    obj = ClappObjective(ClappConfig(seed=0, **OFFICIAL_CLAPP), (3,))
+    obj = ClappObjective(ClappConfig(**OFFICIAL_CLAPP), (3,))
     draws = obj.draw(32, [6, 6])
     assert draws.mirror is not None and len(draws.mirror) == 2
     assert not torch.equal(draws.steps[0].use, draws.mirror[0].use)
-    assert ClappObjective(ClappConfig(seed=0), (3,)).draw(32, [6]).mirror is None
+    assert ClappObjective(ClappConfig(), (3,)).draw(32, [6]).mirror is None
     with pytest.raises(ValueError, match="retro_score 'separate'.*feedback 'retro'"):
-        ClappConfig(retro_score="separate", feedback="transpose").validate()
+        ClappConfig(retro_score="separate", context_path="transpose").validate()
     with pytest.raises(ValueError, match="negative_draw"):
         ClappConfig(negative_draw="anywhere").validate()
     defaults = ClappConfig()
@@ -257,9 +258,9 @@ def test_separate_retro_score_has_its_own_draws_and_needs_retro_feedback():
 
 
 def test_draws_are_reproducible_and_checkpointed():
-    a = ClappObjective(ClappConfig(seed=7), (4,))
-    b = ClappObjective(ClappConfig(seed=7), (4,))
-    c = ClappObjective(ClappConfig(seed=8), (4,))
+    a = ClappObjective(ClappConfig(), (4,))
+    b = ClappObjective(ClappConfig(), (4,))
+    c = ClappObjective(ClappConfig(), (4,))
     da, db, dc = (o.draw(16, [4] * 3).steps for o in (a, b, c))
     assert all(torch.equal(x.use, y.use) and torch.equal(x.index, y.index) for x, y in zip(da, db))
     assert not all(torch.equal(x.use, y.use) for x, y in zip(da, dc))
@@ -294,7 +295,7 @@ def test_retro_score_sends_w_retro_not_w_pred_transposed_to_the_context():
 
 
 def test_objective_context_gradient_depends_on_w_retro_only():
-    obj = ClappObjective(ClappConfig(seed=0, sampling="both"), (4,)).double()
+    obj = ClappObjective(ClappConfig(sampling="both"), (4,)).double()
     assert obj.w_retro.data_ptr() != obj.w_pred.data_ptr()
     assert not torch.allclose(obj.w_retro, obj.w_pred.transpose(1, 2))  # independent init
     batch = grid_batch(rows=3, cols=2)  # 3 rows: only row 0 is a context, only row 2 a future
@@ -341,11 +342,11 @@ def stage_input(kind, m, dtype=torch.float64):
 def test_explicit_rule_equals_autograd(kind, variant):
     torch.manual_seed(0)
     stage = STAGES[kind]().double()
-    cfg = {"transpose-both": ClappConfig(seed=2, sampling="both", negatives=2, feedback="transpose"),
-           "official-clapp": ClappConfig(seed=2, **OFFICIAL_CLAPP),
-           "official-clapp-fixed-retro": ClappConfig(seed=2, retro_learning="fixed", **OFFICIAL_CLAPP),
-           "official-clapp-s": ClappConfig(seed=2, **{**OFFICIAL_CLAPP_S, "negatives": 3}),
-           }.get(variant, ClappConfig(seed=2))
+    cfg = {"transpose-both": ClappConfig(sampling="both", negatives=2, context_path="transpose"),
+           "official-clapp": ClappConfig(**OFFICIAL_CLAPP),
+           "official-clapp-fixed-retro": ClappConfig(retro_learning="fixed", **OFFICIAL_CLAPP),
+           "official-clapp-s": ClappConfig(**{**OFFICIAL_CLAPP_S, "negatives": 3}),
+           }.get(variant, ClappConfig())
     obj = ClappObjective(cfg, (5,)).double()
     if variant == "retro=pred^T":
         obj.w_retro.data.copy_(obj.w_pred.detach().transpose(1, 2))
@@ -391,22 +392,19 @@ def tiny_rule(mode="autograd", objective="clapp", dtype=torch.float64, seed=0, p
     enc = convstack(ConvStackConfig(channels=list(channels), pool=list(pool), bias=True), 1).to(dtype)
     shapes = enc.out_shapes((1, 8, 8))
     if objective == "clapp":
-        make = lambda i: ClappObjective(ClappConfig(seed=seed, **clapp), shapes[i]).to(dtype)  # noqa: E731
+        make = lambda i: ClappObjective(ClappConfig(draws=draws, **clapp), shapes[i]).to(dtype)  # noqa: E731
     else:
-        make = lambda i: InfoNCEObjective(InfoNCEConfig(seed=seed), shapes[i]).to(dtype)  # noqa: E731
-    return LayerLocal(LocalConfig(mode, draws), enc, make, TrainConfig(lr=lr, seed=seed))
+        make = lambda i: InfoNCEObjective(InfoNCEConfig(draws=draws), shapes[i]).to(dtype)  # noqa: E731
+    transport = "explicit" if mode == "explicit" else "bp"
+    return make_rule("simultaneous", transport, enc, make, TrainConfig(lr=lr, seed=seed))
 
 
 def test_rule_registry_and_config():
     load_all()
-    assert RULES.get("clapp").factory is LayerLocal and RULES.get("gim").factory is LayerLocal
     assert {"clapp", "infonce"} <= set(OBJECTIVES.names())
-    with pytest.raises(ConfigError, match=r"rule\.mode: 'hebbian' is not allowed.*'autograd', 'explicit'"):
-        from_dict(LocalConfig, {"mode": "hebbian"}, "rule")
-    with pytest.raises(ValueError, match="unknown mode 'explict'; choose 'autograd' or 'explicit'"):
-        LocalConfig(mode="explict").validate()
-    with pytest.raises(ConfigError, match=r"objective\.feedback: 'random' is not allowed.*'retro', 'transpose'"):
-        from_dict(ClappConfig, {"feedback": "random"}, "objective")
+    assert {"simultaneous"} <= set(SCHEDULES.names()) and {"explicit", "bp"} <= set(TRANSPORTS.names())
+    with pytest.raises(ConfigError, match=r"objective\.context_path: 'random' is not allowed.*'retro', 'transpose'"):
+        from_dict(ClappConfig, {"context_path": "random"}, "objective")
     with pytest.raises(ConfigError, match="negatives must be ≥ 1, got 0"):
         from_dict(ClappConfig, {"negatives": 0}, "objective")
     with pytest.raises(ValueError, match="explicit"):
@@ -444,7 +442,7 @@ def test_no_gradient_crosses_stages():
     batch = grid_batch(n=4)
     h0 = rule.encoder.stages[0](batch.x)
     assert h0.requires_grad
-    rule.step_stage(1, h0, batch)
+    rule.update(1, h0, batch)
     assert all(p.grad is None for p in rule.encoder.stages[0].parameters())
     assert all(p.grad is None for p in rule.objectives[0].parameters())
     assert all(p.grad is not None for p in rule.encoder.stages[1].parameters())
@@ -486,7 +484,7 @@ def test_training_is_reproducible_and_lowers_the_loss():
 
 # --------------------------------------------------------------------------- InfoNCE
 def test_infonce_with_zero_weights_is_log_of_candidates():
-    obj = InfoNCEObjective(InfoNCEConfig(seed=0, negatives=7), (4,))
+    obj = InfoNCEObjective(InfoNCEConfig(negatives=7), (4,))
     obj.w_pred.data.zero_()
     loss = obj(torch.randn(3 * 36, 4, generator=torch.Generator().manual_seed(0)),
                grid_batch(n=3, dtype=torch.float32))
@@ -496,7 +494,7 @@ def test_infonce_with_zero_weights_is_log_of_candidates():
 
 def test_infonce_prefers_the_true_future():
     """With W = I and futures equal to contexts, the positive wins: loss ≪ log(1 + J)."""
-    obj = InfoNCEObjective(InfoNCEConfig(seed=0, negatives=4), (6,))
+    obj = InfoNCEObjective(InfoNCEConfig(negatives=4), (6,))
     obj.w_pred.data.copy_(torch.eye(6)[None] * 5)
     v = torch.nn.functional.normalize(torch.randn(16, 6, generator=torch.Generator().manual_seed(6)), dim=1)
     loss = obj(torch.cat([v, v]), ViewBatch(torch.zeros(32, 1, 1, 1), 16, "pairs"))
@@ -528,7 +526,7 @@ def test_pred_init_scales_w_pred_and_w_retro_and_is_validated():
 
 def test_per_stage_draws_give_every_stage_its_own_coin_and_negatives():
     """Official CLAPP: each layer tosses its own coin and draws its own negatives."""
-    assert LocalConfig().draws == "lockstep"
+    assert ClappConfig().draws == "lockstep" and InfoNCEConfig().draws == "lockstep"
 
     def draws(rule):
         return [o.draw(32, [6, 6]) for o in rule.objectives]
@@ -542,4 +540,4 @@ def test_per_stage_draws_give_every_stage_its_own_coin_and_negatives():
     assert torch.equal(own[0].steps[0].index, lock[0].steps[0].index)
     assert torch.equal(own[0].mirror[1].use, lock[0].mirror[1].use)
     with pytest.raises(ValueError, match="draws"):
-        LocalConfig(draws="independent").validate()
+        ClappConfig(draws="independent").validate()

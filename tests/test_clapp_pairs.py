@@ -11,7 +11,7 @@ from biossl.config import TrainConfig
 from biossl.encoders.convstack import ConvStackConfig, convstack
 from biossl.objectives.clapp import ClappConfig, ClappObjective
 from biossl.rules.clapp_explicit import forward_traced, local_gradients
-from biossl.rules.local import LayerLocal, LocalConfig
+from biossl.rules import make_rule
 from biossl.views.batch import ViewBatch
 
 STAGES = {
@@ -20,9 +20,9 @@ STAGES = {
     "linear+leakyrelu": lambda: nn.Sequential(nn.Linear(16, 5), nn.LeakyReLU(0.1)),
 }
 VARIANTS = {
-    "retro=pred^T": ClappConfig(seed=2),                                   # plain autograd reference
-    "retro-asym": ClappConfig(seed=2),                                     # independent W_retro
-    "transpose-both": ClappConfig(seed=2, sampling="both", negatives=3, feedback="transpose"),
+    "retro=pred^T": ClappConfig(),                                   # plain autograd reference
+    "retro-asym": ClappConfig(),                                     # independent W_retro
+    "transpose-both": ClappConfig(sampling="both", negatives=3, context_path="transpose"),
 }
 
 
@@ -91,8 +91,8 @@ def pairs_rule(mode, seed=0):
     torch.manual_seed(seed)
     enc = convstack(ConvStackConfig(channels=[3, 4], pool=[True, True], bias=True), 1).double()
     shapes = enc.out_shapes((1, 8, 8))
-    return LayerLocal(LocalConfig(mode), enc,
-                      lambda i: ClappObjective(ClappConfig(seed=seed, negatives=2), shapes[i]).double(),
+    return make_rule("simultaneous", "explicit" if mode == "explicit" else "bp", enc,
+                      lambda i: ClappObjective(ClappConfig(negatives=2), shapes[i]).double(),
                       TrainConfig(lr=1e-2, seed=seed))
 
 

@@ -33,7 +33,7 @@ def test_config_prints_every_key_with_type_value_default_and_doc(capsys, tmp_pat
     out = capsys.readouterr().out
     assert out.startswith(f"{RECIPES_DIR / 'fmnist-dtp-hinge.yaml'}\nDifference target propagation")
     assert "\ntrain.lr = 0.0003   [float > 0; default 0.001]\n    Learning rate of every optimizer" in out
-    assert "\nrule.feedback_warmup = " in out and "\ntrain.device = auto   [str]\n" in out
+    assert "\ntransport.inverse_warmup = " in out and "\ntrain.device = auto   [str]\n" in out
     entries = [ln for ln in out.splitlines()[3:] if ln and not ln.startswith("    ")]
     docs = [ln for ln in out.splitlines()[3:] if ln.startswith("    ")]
     assert len(entries) > 50 and len(docs) >= len(entries)

@@ -68,21 +68,28 @@ def test_unknown_suite_lists_known():
 
 def test_plausibility_of_rule_objective_pairs():
     from biossl.config import load_config
-    from biossl.registry import OBJECTIVES, RULES
+    from biossl.registry import OBJECTIVES, SCHEDULES, TRANSPORTS
     from biossl.rules.base import plausibility
 
     def cond(*ov, config="fmnist-bp-hinge"):
         cfg = load_config(config, list(ov))
-        return plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
+        return plausibility(SCHEDULES.get(cfg.schedule.name).factory, TRANSPORTS.get(cfg.transport.name).factory,
                             OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
     assert cond() == {"i": False, "ii": True, "iii": False, "iv": True}            # e2e BP + hinge
     assert not cond("objective.name=ntxent")["ii"]
-    assert cond("rule.name=rf")["iii"] and not cond("rule.name=rf")["i"]           # FA: no transport, error crosses layers
-    assert all(cond("rule.name=gll", "rule.feedback=urf").values())
-    assert not cond("rule.name=gll", "rule.feedback=bp")["iii"]
-    assert not cond("rule.name=gll", "rule.feedback=urf", "objective.name=ntxent")["ii"]
+    assert cond("transport.name=rf")["iii"] and not cond("transport.name=rf")["i"]           # FA: no transport, error crosses layers
+    assert all(cond("schedule.name=greedy", "transport.name=urf").values())
+    assert not cond("schedule.name=greedy", "transport.name=bp")["iii"]
+    assert not cond("schedule.name=greedy", "transport.name=urf", "objective.name=ntxent")["ii"]
     assert all(cond(config="fmnist-clapp").values())
     assert not cond(config="fmnist-clapp-s")["iii"]                                # transposed W_pred
+    assert all(cond("transport.name=explicit", config="fmnist-clapp").values())
+    dtp = cond(config="fmnist-dtp-hinge")                                          # local targets, head by BP
+    assert dtp["i"] and dtp["ii"] and not dtp["iii"]
+    assert cond("transport.name=targets", config="fmnist-cpc")["iii"]              # headless: no transport
+    assert not cond("objective.name=infonce", config="fmnist-clapp")["ii"]         # GIM
+    assert not cond("schedule.name=e2e", config="fmnist-clapp")["iii"]             # hinge-CPC: BP between stages
+    assert not cond("schedule.name=simultaneous")["iii"]                           # hinge head by BP
 
 
 def test_a_cell_run_with_another_config_is_refused(tmp_path):

@@ -6,8 +6,8 @@ from biossl.config import ConfigError, apply_overrides, build_config, load_confi
 
 def test_recipe_loads_with_component_params():
     cfg = load_config("fmnist-bp-hinge")
-    assert cfg.rule.name == "bp" and cfg.objective.name == "hinge"
-    assert cfg.objective.params.negatives == 5 and cfg.objective.params.grad_block is True
+    assert (cfg.schedule.name, cfg.transport.name, cfg.objective.name) == ("e2e", "bp", "hinge")
+    assert cfg.objective.params.negatives == 4 and cfg.objective.params.grad_block is True
     assert cfg.encoder.params.channels == [32, 64, 128]
 
 
@@ -39,13 +39,13 @@ def test_wrong_type_is_named():
 
 def test_unknown_component_lists_registered_names():
     with pytest.raises(ConfigError) as e:
-        load_config("fmnist-bp-hinge", ["rule.name=magic"])
-    assert "magic" in str(e.value) and "bp" in str(e.value)
+        load_config("fmnist-bp-hinge", ["schedule.name=magic"])
+    assert "magic" in str(e.value) and "greedy" in str(e.value)
 
 
 def test_component_validate_is_called():
-    with pytest.raises(ConfigError, match="negatives"):
-        load_config("fmnist-bp-hinge", ["objective.negatives=1"])
+    with pytest.raises(ConfigError, match="delta must be ≥ 0"):
+        load_config("fmnist-bp-hinge", ["objective.delta=-1"])
 
 
 def test_round_trip_through_dict():
@@ -74,7 +74,7 @@ def _numeric_keys():
     from biossl.registry import AXES, load_all
     load_all()
     classes = [("data", None, DataConfig), ("train", None, TrainConfig), ("eval", None, EvalConfig)]
-    classes += [(axis, e.name, e.config) for axis in ("views", "encoder", "objective", "rule")
+    classes += [(axis, e.name, e.config) for axis in ("views", "encoder", "objective", "schedule", "transport")
                 for e in AXES[axis].entries() if e.config is not None]
     out = []
     for section, name, cls in classes:
@@ -185,7 +185,7 @@ def test_a_user_suite_finds_recipes_next_to_it_then_packaged_ones(tmp_path, monk
     suite = load_suite(str(folder / "suite.yaml"))
     mine, packaged = (cell_config(suite, c, 0) for c in suite.cells)
     assert mine.encoder.params.channels == [4, 8, 8] and mine.name == "mine"
-    assert packaged.encoder.params.channels == [32, 64, 128] and packaged.objective.params.negatives == 5
+    assert packaged.encoder.params.channels == [32, 64, 128] and packaged.objective.params.negatives == 4
 
 
 def test_every_recipe_has_a_one_line_description():
@@ -212,12 +212,12 @@ def test_every_key_of_every_component_has_type_and_doc():
     from biossl.registry import AXES, load_all
     load_all()
     seen = set()
-    for axis in ("views", "encoder", "objective", "rule"):
+    for axis in ("views", "encoder", "objective", "schedule", "transport"):
         for name in AXES[axis].names():
             for k in describe(load_config("fmnist-bp-hinge", [f"{axis}.name={name}"])):
                 assert k.doc and k.type, k.key
                 seen.add(k.key)
-    assert {"train.lr", "rule.feedback_warmup", "objective.temperature", "views.patch",
+    assert {"train.lr", "transport.inverse_warmup", "objective.temperature", "views.patch",
             "encoder.width", "name", "data.root"} <= seen
 
 
@@ -230,4 +230,4 @@ def test_describe_shows_value_default_type_and_doc():
                                  "    Learning rate of every optimizer the rule creates.")
     assert format_keys([keys["data.train_subset"]]).startswith(
         "data.train_subset = null   [int ≥ 1 | None]\n")
-    assert keys["rule.name"].type.split(" | ")[:2] == ["bp", "clapp"]
+    assert keys["schedule.name"].type.split(" | ")[:2] == ["e2e", "greedy"]

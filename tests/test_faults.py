@@ -201,12 +201,12 @@ def test_more_epochs_extend_a_finished_run(tmp_path, capfd):
     assert "train.epochs: 1 → 2" in capfd.readouterr().err
 
 
-def test_gll_epochs_per_stage_cannot_change_mid_run(tmp_path, capfd):
+def test_greedy_epochs_cannot_change_mid_run(tmp_path, capfd):
     out = tmp_path / "run"
-    _tiny_run(out, "rule.name=gll")
+    _tiny_run(out, "schedule.name=greedy", "train.epochs=3")  # 3 stages: 1 epoch each
     capfd.readouterr()
-    assert cli(["train", "--resume", str(out), "train.epochs=2"]) == 2
-    assert "train.epochs is per stage" in capfd.readouterr().err
+    assert cli(["train", "--resume", str(out), "train.epochs=6"]) == 2
+    assert "splits train.epochs over the stages" in capfd.readouterr().err
 
 
 def test_dtp_shorter_than_its_warmup_is_refused_and_eval_says_untrained(tmp_path, capfd):
@@ -215,7 +215,7 @@ def test_dtp_shorter_than_its_warmup_is_refused_and_eval_says_untrained(tmp_path
     assert cli(["train", "fmnist-dtp-hinge", *dtp, "train.epochs=3", "--out", str(tmp_path / "a")]) == 2
     err = capfd.readouterr().err
     assert "leaves the encoder untouched for its first 100 steps" in err and "only 24 steps" in err
-    assert "lower rule.feedback_warmup below 24" in err
+    assert "lower transport.inverse_warmup below 24" in err
     from biossl.config import load_config
     from biossl.run_eval import evaluate_run
     from biossl.train import TrainingInterrupted, train

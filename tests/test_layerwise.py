@@ -266,12 +266,12 @@ def test_plain_bp_has_no_feedback_layers():
 _FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 _TINY = ["data.download=false", "encoder.channels=[8,16]", "encoder.pool=[true,true]", "data.train_subset=384",
          "train.batch_size=64", "train.checkpoint_every=100", "train.log_every=2",
-         "train.threads=1", "rule.diagnostics_every=3"]
+         "train.threads=1", "transport.diagnostics_every=3"]
 
 
 @pytest.mark.skipif(not __import__("os").path.exists(_FMNIST), reason="Fashion-MNIST not installed")
-@pytest.mark.parametrize("recipe,extra,stop", [("fmnist-gll-hinge", ["rule.feedback=urf", "train.epochs=1"], 8),
-                                               ("fmnist-rll-hinge", ["rule.feedback=rf", "train.epochs=2"], 5)])
+@pytest.mark.parametrize("recipe,extra,stop", [("fmnist-gll-hinge", ["transport.name=urf", "train.epochs=2"], 8),
+                                               ("fmnist-rll-hinge", ["transport.name=rf", "train.epochs=2"], 5)])
 def test_trainer_resume_is_identical(tmp_path, recipe, extra, stop):
     from biossl.config import load_config
     from biossl.train import TrainingInterrupted, train

@@ -19,7 +19,7 @@ from biossl.data import load_dataset
 from biossl.encoders.convstack import ConvStackConfig, convstack
 from biossl.feedback import feedback_layers
 from biossl.objectives.clapp import ClappConfig, ClappObjective
-from biossl.rules.local import LayerLocal, LocalConfig
+from biossl.rules import make_rule
 from biossl.views.batch import ViewBatch
 
 LR, WD, STEPS = 1e-2, 0.1, 10
@@ -29,8 +29,8 @@ def clapp_rule(optimizer, weight_decay, momentum=0.0, mode="autograd"):
     torch.manual_seed(0)
     enc = convstack(ConvStackConfig(channels=[3, 4], pool=[True, True], bias=True), 1).double()
     shapes = enc.out_shapes((1, 8, 8))
-    return LayerLocal(LocalConfig(mode), enc,
-                      lambda i: ClappObjective(ClappConfig(seed=0, sampling="both"), shapes[i]).double(),
+    return make_rule("simultaneous", "explicit" if mode == "explicit" else "bp", enc,
+                      lambda i: ClappObjective(ClappConfig(sampling="both"), shapes[i]).double(),
                       TrainConfig(lr=LR, seed=0, optimizer=optimizer, weight_decay=weight_decay,
                                   momentum=momentum))
 
@@ -87,8 +87,8 @@ def test_adam_with_coupled_l2_decay_does_not_keep_the_offset_parallel():
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("recipe,rule_overrides", [("fmnist-bp-hinge", ["rule.name=urf"]),
-                                                   ("fmnist-gll-hinge", ["rule.feedback=urf"])])
+@pytest.mark.parametrize("recipe,rule_overrides", [("fmnist-bp-hinge", ["transport.name=urf"]),
+                                                   ("fmnist-gll-hinge", ["transport.name=urf", "train.epochs=2"])])
 def test_urf_feedback_follows_w_exactly_under_weight_decay(optimizer, recipe, rule_overrides):
     cfg = load_config(recipe, ["data.name=digits", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
                                "train.batch_size=32", "train.device=cpu", f"train.optimizer={optimizer}",

@@ -14,10 +14,11 @@ from biossl.views.batch import ViewBatch
 def hinge_reference(z1, z2, tau=2.0, delta=1.0, negatives=None, wrap=False, reduction="sum"):
     """Literal double loop over DESIGN.md's formula.
 
-    n negatives, official (wrap False): the pairs (r, r+k), k = 1…n−1, r + k < N (j > i,
-    no wrap-around), each weighted 1/n — for n ≥ N every upper-diagonal pair. Wrapping:
-    (i, i+k mod N), and all pairs at weight 1 when n ≥ N. 'mean': mean of the positive
-    terms + mean of the negative terms (unweighted)."""
+    J = ``negatives``, official (wrap False): the pairs (r, r+k), k = 1…J, r + k < N (j > i,
+    no wrap-around), each weighted 1/(J+1) (Bio-SSL's "n negatives", n = J + 1) — for
+    J ≥ N−1 every upper-diagonal pair. Wrapping: (i, i+k mod N), and all pairs at weight 1
+    when J ≥ N−1. 'mean': mean of the positive terms + mean of the negative terms
+    (unweighted)."""
     n = z1.shape[0]
     pos, neg, w = [], [], 1.0
     for i in range(n):
@@ -26,12 +27,12 @@ def hinge_reference(z1, z2, tau=2.0, delta=1.0, negatives=None, wrap=False, redu
             if i == j:
                 pos.append(torch.relu(delta - (tau - d)))
                 continue
-            if negatives is None or (wrap and negatives >= n):
+            if negatives is None or (wrap and negatives >= n - 1):
                 chosen = True
             elif wrap:
-                chosen, w = (j - i) % n in range(1, negatives), 1.0 / negatives
+                chosen, w = (j - i) % n in range(1, negatives + 1), 1.0 / (negatives + 1)
             else:
-                chosen, w = j - i in range(1, negatives), 1.0 / negatives
+                chosen, w = j - i in range(1, negatives + 1), 1.0 / (negatives + 1)
             if chosen:
                 neg.append(torch.relu(delta + (tau - d)))
     if reduction == "mean":
@@ -57,7 +58,7 @@ def ntxent_reference(z1, z2, t):
     return total / n2
 
 
-@pytest.mark.parametrize("negatives", [None, 3, 5, 7, 12])  # N = 7: 7 and 12 are n ≥ N
+@pytest.mark.parametrize("negatives", [None, 2, 4, 6, 11])  # N = 7: 6 and 11 are J ≥ N − 1
 @pytest.mark.parametrize("wrap", [False, True])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("tau,delta", [(2.0, 1.0), (0.5, 0.3)])
@@ -77,18 +78,18 @@ def test_hinge_matches_reference_values_and_grads(negatives, wrap, reduction, ta
 
 
 def test_hinge_n_negatives_default_is_the_official_non_wrapping_diagonals():
-    """Default: pairs (r, r+k), r < N−k, weight 1/n; the last rows get fewer negatives."""
+    """Default: pairs (r, r+k), r < N−k, weight 1/(J+1); the last rows get fewer negatives."""
     assert HingeConfig().negatives_wrap is False
     z1 = torch.zeros(3, 1, dtype=torch.float64)
     z2 = torch.tensor([[0.0], [0.5], [1.0]], dtype=torch.float64)
-    # positives: d = 0, 0.5, 1 → relu(d − 1) = 0. Negatives, n = 2 (k = 1 only):
+    # positives: d = 0, 0.5, 1 → relu(d − 1) = 0. One negative (k = 1 only; Bio-SSL's n = 2):
     # official (0,1): d 0.5 → 2.5; (1,2): d 1 → 2; weight 1/2 → 2.25
-    assert hinge_loss(z1, z2, negatives=2).item() == pytest.approx(2.25, abs=1e-15)
+    assert hinge_loss(z1, z2, negatives=1).item() == pytest.approx(2.25, abs=1e-15)
     # wrapping adds (2,0): d 0 → 3; (4.5 + 3) / 2
-    assert hinge_loss(z1, z2, negatives=2, negatives_wrap=True).item() == pytest.approx(3.75, abs=1e-15)
-    # n ≥ N: official keeps weight 1/n on the upper triangle; wrapping falls back to all pairs, weight 1
+    assert hinge_loss(z1, z2, negatives=1, negatives_wrap=True).item() == pytest.approx(3.75, abs=1e-15)
+    # J ≥ N−1: official keeps weight 1/(J+1) on the upper triangle; wrapping falls back to all pairs, weight 1
     upper = (2.5 + 2.0 + 2.0) / 5  # (0,1), (0,2), (1,2)
-    assert hinge_loss(z1, z2, negatives=5).item() == pytest.approx(upper, abs=1e-15)
+    assert hinge_loss(z1, z2, negatives=4).item() == pytest.approx(upper, abs=1e-15)
 
 
 def test_hinge_defaults_are_the_spec_thresholds():
@@ -217,7 +218,7 @@ def test_grad_block_detaches_first_view_and_head_sees_both():
     loss = obj(h, ViewBatch(h, 6, "pairs"))
     (gh,) = torch.autograd.grad(loss, h)
     assert gh[:6].abs().sum() == 0 and gh[6:].abs().sum() > 0
-    assert obj.stop_grad_first
+    assert obj.grad_block
 
 
 def test_head_init_scales_the_head_and_is_validated():

@@ -36,9 +36,9 @@ def run(tmp_path, recipe, extra, precision):
 
 @pytest.mark.parametrize("recipe,extra", [
     ("fmnist-bp-hinge", []),
-    ("fmnist-bp-hinge", ["rule.name=urf"]),
-    ("fmnist-gll-hinge", ["rule.feedback=rf"]),
-    ("fmnist-dtp-hinge", ["rule.feedback_warmup=0"]),
+    ("fmnist-bp-hinge", ["transport.name=urf"]),
+    ("fmnist-gll-hinge", ["transport.name=rf", "train.epochs=2"]),
+    ("fmnist-dtp-hinge", ["transport.inverse_warmup=0"]),
     ("fmnist-clapp", ["views.patch=4", "views.stride=2", "train.batch_size=16"]),
 ])
 def test_bf16_autocast_is_used_and_stays_close_to_fp32(tmp_path, recipe, extra):

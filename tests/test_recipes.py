@@ -30,9 +30,11 @@ def test_bio_ssl_tables_use_the_official_forms(table):
             assert obj.negatives_wrap is False, label
         if cfg.objective.name == "ntxent":  # Bio-SSL's SimCLRLoss
             assert (obj.temperature, obj.reduction) == (0.1, "sum_directions"), label
-        if cfg.rule.name == "dtp":
-            r = cfg.rule.params
-            assert (r.target_loss, r.noise_std, r.feedback_order) == ("element_mean", 1.0, "after_targets")
+        if cfg.transport.name == "targets":
+            r = cfg.transport.params
+            assert (r.target_loss, r.noise_std, r.inverse_order) == ("element_mean", 1.0, "after_targets")
+        if cfg.schedule.name == "greedy":  # Bio-SSL: 400 epochs per layer
+            assert cfg.train.epochs == 400 * {"conv6": 5, "vgg6": 6}[cfg.encoder.name], label
 
 
 def test_clapp_stl10_uses_the_official_forms():
@@ -40,10 +42,10 @@ def test_clapp_stl10_uses_the_official_forms():
         if cfg.objective.name != "clapp":
             continue
         obj = cfg.objective.params
-        if cfg.rule.name == "clapp":
-            assert cfg.rule.params.draws == "per_stage", label
+        if cfg.schedule.name == "simultaneous":
+            assert obj.draws == "per_stage", label
         if obj.sampling == "both":  # CLAPP-s
-            assert (obj.negative_draw, obj.negatives, obj.feedback) == ("any_location", 16, "transpose"), label
+            assert (obj.negative_draw, obj.negatives, obj.context_path) == ("any_location", 16, "transpose"), label
         else:  # CLAPP, its explicit rule, hinge-loss CPC
             assert (obj.negative_draw, obj.coin, obj.either_divisor, obj.retro_score) == \
                 ("any_image", "per_pass", "coin_counts", "separate"), label

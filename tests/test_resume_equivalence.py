@@ -57,14 +57,14 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("recipe,extra,stop", [
     ("fmnist-clapp", SACCADES, 3),                                          # mid epoch 0
-    ("fmnist-clapp", SACCADES + ["rule.mode=explicit"], 5),                 # mid epoch 1
+    ("fmnist-clapp", SACCADES + ["transport.name=explicit"], 5),                 # mid epoch 1
     ("fmnist-clapp-s", SACCADES, 4),                                        # at the epoch boundary
-    ("fmnist-dtp-hinge", ["rule.feedback_warmup=3"], 2),                    # inside the warm-up
-    ("fmnist-dtp-hinge", ["rule.feedback_warmup=3", "rule.noise_std=0.05"], 5),
-    ("fmnist-bp-hinge", ["rule.name=urf", "rule.diagnostics_every=3"], 5),  # angles measured at 1, 4, 7
+    ("fmnist-dtp-hinge", ["transport.inverse_warmup=3"], 2),                    # inside the warm-up
+    ("fmnist-dtp-hinge", ["transport.inverse_warmup=3", "transport.noise_std=0.05"], 5),
+    ("fmnist-bp-hinge", ["transport.name=urf", "transport.diagnostics_every=3"], 5),  # angles measured at 1, 4, 7
     ("fmnist-bp-hinge", ["train.precision=bf16"], 3),
     ("fmnist-clapp", SACCADES + ["train.precision=bf16"], 5),
-    ("fmnist-dtp-hinge", ["rule.feedback_warmup=0", "train.precision=bf16"], 3),
+    ("fmnist-dtp-hinge", ["transport.inverse_warmup=0", "train.precision=bf16"], 3),
 ], ids=["clapp", "clapp-explicit", "clapp-s", "dtp-warmup", "dtp-noise", "urf-angles", "bp-bf16", "clapp-bf16", "dtp-bf16"])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, recipe, extra, stop):
     cfg = load_config(recipe, DIGITS + extra)

@@ -1,4 +1,5 @@
-"""Assemble one run from a config: dataset spec, view recipe, encoder, objective, rule.
+"""Assemble one run from a config: dataset spec, view recipe, encoder, objective, and the
+rule (schedule × transport).
 
 This is the only place where the axes meet, and it meets them through registries
 only; it checks the one real coupling (an objective consumes the ViewBatch kind the
@@ -11,7 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from biossl.config import ConfigError, RunConfig
-from biossl.registry import DATASETS, ENCODERS, OBJECTIVES, RULES, VIEWS, load_all
+from biossl.registry import DATASETS, ENCODERS, OBJECTIVES, SCHEDULES, TRANSPORTS, VIEWS, load_all
+from biossl.rules.rule import IncompatibleRule, Rule
+from biossl.precision import autocast_for
+from biossl.seeds import derive
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,6 +30,21 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device={name!r} but MPS (Apple GPU) is not available; use train.device=cpu")
     return dev
+
+
+def build_rule(cfg: RunConfig, encoder, make_objective) -> Rule:
+    """``cfg.schedule`` × ``cfg.transport`` over ``encoder``; a pair or a config that cannot
+    work is a ConfigError naming the reason."""
+    schedule = SCHEDULES.build(cfg.schedule.name, cfg.schedule.params)
+    transport = TRANSPORTS.build(cfg.transport.name, cfg.transport.params, cfg.train.seed)
+    try:
+        return Rule(schedule, transport, encoder, make_objective, cfg.train)
+    except IncompatibleRule as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"schedule {cfg.schedule.name} × transport {cfg.transport.name}: {e}") from None
 
 
 @dataclass
@@ -45,7 +64,7 @@ class Assembly:
 def build_encoder(cfg: RunConfig, recipe, spec, device: torch.device):
     """The encoder exactly as a run with ``cfg`` initialises it (seeded). Its input channels
     are those of the recipe's output (grayscale saccades turn RGB into 1 channel)."""
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(derive(cfg.train.seed, "weights"))
     in_channels = recipe.sample_shape(tuple(spec.image_shape))[0]
     enc = ENCODERS.build(cfg.encoder.name, cfg.encoder.params, in_channels).to(device)
     if cfg.train.channels_last and device.type == "cuda":
@@ -73,8 +92,10 @@ def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
     def make_objective(i: int):
         return OBJECTIVES.build(cfg.objective.name, cfg.objective.params, shapes[i]).to(device)
 
-    rule = RULES.build(cfg.rule.name, cfg.rule.params, encoder, make_objective, cfg.train)
+    rule = build_rule(cfg, encoder, make_objective)
     rule.to(device)
+    # precision is scoped to forward computations: the rule runs its backward passes outside
+    rule.set_autocast(lambda: autocast_for(cfg, device))
     if cfg.train.compile:
         for stage in encoder.stages:
             stage.compile()

@@ -29,7 +29,8 @@ def _cmd_list(args) -> int:
     from biossl.registry import AXES, load_all
     load_all()
     titles = {"dataset": "datasets", "views": "view recipes", "encoder": "encoders",
-              "objective": "objectives", "rule": "rules"}
+              "objective": "objectives", "schedule": "schedules (schedule.name: which stages learn when)",
+              "transport": "transports (transport.name: how an error reaches a weight)"}
     for axis, reg in AXES.items():
         print(f"{titles[axis]}:")
         for e in reg.entries():
@@ -134,17 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="biossl", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("list", help="registered datasets, views, encoders, objectives, rules, suites")
+    s = sub.add_parser("list", help="registered datasets, views, encoders, objectives, schedules, transports, recipes, suites")
     s.set_defaults(fn=_cmd_list)
     s = sub.add_parser("config", help="every key of a recipe: type, value, default and doc")
     s.add_argument("config", help="YAML path or recipe name (biossl list)")
-    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 rule.name=gll")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 schedule.name=greedy transport.name=urf")
     s.set_defaults(fn=_cmd_config)
     s = sub.add_parser("train", help="self-supervised training of one config",
                        epilog="every key a recipe takes, with its type, default and doc: "
                               "biossl config RECIPE [overrides]")
     s.add_argument("config", nargs="?", help="YAML path or recipe name (biossl list)")
-    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 rule.name=gll")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 schedule.name=greedy transport.name=urf")
     s.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     s.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its checkpoint; key=value overrides may change lr, "
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset of another image size is resized to the training shape (eval.resize)")
     s.set_defaults(fn=_cmd_eval)
     s = sub.add_parser("bench", help="step time, images/s, peak memory per rule vs e2e-bp")
-    s.add_argument("configs", nargs="*", help="configs to bench (default: one per registered rule)")
+    s.add_argument("configs", nargs="*", help="configs to bench (default: one cell per rule family)")
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    help="key=value override applied to every config")
     s.add_argument("--steps", type=_count(1), default=20, help="timed steps per config (≥ 1)")

@@ -32,7 +32,7 @@ from biossl.bench import peak_bytes, reset_peak
 from biossl.checkpoint import write_text_atomic
 from biossl.config import (SUITES_DIR, ConfigError, RunConfig, apply_overrides, build_config, from_dict,
                            load_raw)
-from biossl.registry import OBJECTIVES, RULES
+from biossl.registry import OBJECTIVES, SCHEDULES, TRANSPORTS
 from biossl.rules.base import CONDITION_TEXT, CONDITIONS, plausibility
 from biossl.rundir import RUN_CONFIG, config_changes, load_run_config, save_run_config
 
@@ -173,7 +173,7 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: lis
     peak = max(0, peak_bytes(device) - base) / 2**20
     # the suite probes random-init encoders once per (encoder, views, seed), not per cell
     rows = evaluate_run(cell_dir, ["eval.random_init=false"] if trained else [], trained=trained)
-    res = {"label": cfg.name, "seed": cfg.train.seed, "rule": cfg.rule.name if trained else "none",
+    res = {"label": cfg.name, "seed": cfg.train.seed, "rule": cfg.rule_name() if trained else "none",
            "objective": cfg.objective.name if trained else "—", "encoder": cfg.encoder.name,
            "views": cfg.views.name,
            **_stage_results(rows),
@@ -373,7 +373,8 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[dict]:
         if res["protocol"] not in protocols:
             protocols.append(res["protocol"])
         groups.setdefault(cell.label, []).append(res)
-        plaus[cell.label] = plausibility(RULES.get(cfg.rule.name).factory, cfg.rule.params,
+        plaus[cell.label] = plausibility(SCHEDULES.get(cfg.schedule.name).factory,
+                                         TRANSPORTS.get(cfg.transport.name).factory,
                                          OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
         key = random_label(cfg.encoder.name, cfg.views.name)
         seeds = randoms.setdefault(key, (cfg, []))[1]

@@ -1,7 +1,7 @@
 """Typed run configuration: dataclasses loaded from YAML plus ``key=value`` overrides.
 
 Every section is a dataclass whose fields are documented where they are defined.
-Component sections (``views``, ``encoder``, ``objective``, ``rule``) hold a ``name``
+Component sections (``views``, ``encoder``, ``objective``, ``schedule``, ``transport``) hold a ``name``
 and the keys of that component's own ``Config`` dataclass, validated against it, so
 a typo names the key and lists the allowed ones.
 """
@@ -53,7 +53,8 @@ DEVICES = "auto, cpu, cuda, cuda:I, mps"
 @dataclass
 class TrainConfig:
     epochs: PositiveInt = 3
-    """Passes over the training split (for GLL: per stage)."""
+    """Passes over the training split for the whole run, whatever the schedule (greedy
+    splits them evenly over the stages: 5 stages × 2 epochs each is 10)."""
     batch_size: PositiveInt = 256
     """Images per step (each gives two views, or one patch grid)."""
     lr: PositiveFloat = 1e-3
@@ -65,7 +66,8 @@ class TrainConfig:
     momentum: Annotated[float, Range(0, 1, max_open=True)] = 0.9
     """SGD momentum (ignored by Adam)."""
     seed: NonNegativeInt = 0
-    """Seeds weights, data order, views and the rule's own draws."""
+    """The run's seed: every random stream (weights, data order, views, feedback weights,
+    negatives, …) is derived from it per purpose (biossl.seeds)."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:I' (GPU number I) or 'mps' (Apple)."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -144,15 +146,21 @@ class RunConfig:
     encoder: Component = field(default_factory=lambda: Component("convstack", None))
     """Encoder: a stack of stages whose outputs the probes read."""
     objective: Component = field(default_factory=lambda: Component("hinge", None))
-    """Self-supervised loss (per stage for the layer-local rules)."""
-    rule: Component = field(default_factory=lambda: Component("bp", None))
-    """Learning rule: how the error reaches each stage's weights."""
+    """Self-supervised loss (one per stage for the local schedules)."""
+    schedule: Component = field(default_factory=lambda: Component("e2e", None))
+    """Which stages learn when, from which loss: e2e, greedy, random, simultaneous."""
+    transport: Component = field(default_factory=lambda: Component("bp", None))
+    """How an error reaches a weight: bp, rf, urf, sign, targets, explicit."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation, device and checkpointing."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Probe protocol of ``biossl eval``."""
     name: str = "run"
     """Run name (the run directory's default name)."""
+
+    def rule_name(self) -> str:
+        """The rule as one word: 'schedule-transport' (e.g. 'greedy-urf')."""
+        return f"{self.schedule.name}-{self.transport.name}"
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name}
@@ -165,7 +173,7 @@ class RunConfig:
         return out
 
 
-COMPONENT_SECTIONS = ("views", "encoder", "objective", "rule")
+COMPONENT_SECTIONS = ("views", "encoder", "objective", "schedule", "transport")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -322,6 +330,8 @@ def build_config(raw: Mapping) -> RunConfig:
     """Validate a raw mapping (YAML + overrides) into a :class:`RunConfig`."""
     load_all()
     raw = dict(raw or {})
+    if "rule" in raw:
+        raise ConfigError(legacy_rule_message(raw["rule"]))
     allowed = [f.name for f in dataclasses.fields(RunConfig)]
     for k in raw:
         if k not in allowed:
@@ -337,6 +347,35 @@ def build_config(raw: Mapping) -> RunConfig:
             cls = type(getattr(defaults, name))
             kw[name] = from_dict(cls, raw.get(name), name)
     return RunConfig(**kw)
+
+
+LEGACY_RULES = {"bp": ("e2e", None), "rf": ("e2e", "rf"), "fa": ("e2e", "rf"), "urf": ("e2e", "urf"),
+                "sign": ("e2e", "sign"), "gll": ("greedy", None), "rll": ("random", None),
+                "dtp": ("e2e", "targets"), "clapp": ("simultaneous", None), "gim": ("simultaneous", None)}
+"""The rule names of biossl ≤ 0.1 as (schedule, transport); None: from its old keys."""
+
+
+def legacy_rule_message(rule: Any) -> str:
+    """How to write an old ``rule`` section (or ``rule.*`` override) as schedule × transport."""
+    old = dict(rule) if isinstance(rule, Mapping) else {"name": rule}
+    name = old.get("name")
+    schedule, transport = LEGACY_RULES.get(name, (None, None))
+    if transport is None and schedule is not None:
+        transport = ("explicit" if old.get("mode") == "explicit" else
+                     "bp" if name in ("clapp", "gim") else old.get("feedback", "bp"))
+    fix = (f"write `schedule: {schedule}` and `transport: {transport}` (overrides: "
+           f"schedule.name={schedule} transport.name={transport})" if schedule else
+           "write `schedule: e2e|greedy|random|simultaneous` and `transport: bp|rf|urf|sign|targets|explicit`")
+    notes = []
+    if name == "gll":
+        notes.append("train.epochs now counts the whole run (multiply the old per-stage value by the number of stages)")
+    if name == "dtp":
+        notes.append("DTP's feedback_* keys are now transport.inverse_* (e.g. feedback_warmup → inverse_warmup)")
+    if "draws" in old:
+        notes.append("draws is now a key of the objective (objective.draws)")
+    return ("the `rule` section was split into `schedule` (which stages learn when) and `transport` "
+            f"(how an error reaches a weight): {fix}" + "".join(f"; {n}" for n in notes) +
+            ". See `biossl list` and docs/rules.md.")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -357,7 +396,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         node = raw
         for k in keys[:-1]:
             nxt = node.get(k)
-            if isinstance(nxt, str):  # "rule: bp" short form
+            if isinstance(nxt, str):  # "schedule: greedy" short form
                 nxt = {"name": nxt}
             if nxt is None:
                 nxt = {}

@@ -1,4 +1,5 @@
-"""Name → component registries, one per axis (datasets, views, encoders, objectives, rules).
+"""Name → component registries, one per axis (datasets, views, encoders, objectives,
+schedules, transports).
 
 A new rule, loss or encoder is one file plus one ``register`` line. Each entry
 carries a typed ``Config`` dataclass so that its own keys are validated
@@ -58,6 +59,13 @@ class Registry(Generic[T]):
     def entries(self) -> list[Entry[T]]:
         return [self._entries[n] for n in self.names()]
 
+    def name_of(self, factory: Callable[..., T]) -> str:
+        """The first name ``factory`` is registered under."""
+        for e in self._entries.values():
+            if e.factory is factory:
+                return e.name
+        raise KeyError(f"{factory!r} is not a registered {self.axis}")
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
@@ -69,10 +77,11 @@ DATASETS: Registry = Registry("dataset")
 VIEWS: Registry = Registry("view recipe")
 ENCODERS: Registry = Registry("encoder")
 OBJECTIVES: Registry = Registry("objective")
-RULES: Registry = Registry("rule")
+SCHEDULES: Registry = Registry("schedule")
+TRANSPORTS: Registry = Registry("transport")
 
 AXES = {"dataset": DATASETS, "views": VIEWS, "encoder": ENCODERS,
-        "objective": OBJECTIVES, "rule": RULES}
+        "objective": OBJECTIVES, "schedule": SCHEDULES, "transport": TRANSPORTS}
 
 
 def load_all() -> None:

@@ -6,7 +6,7 @@ A resume may change the keys in :data:`APPLIED_ON_RESUME` (an edited config.yaml
 lr, weight decay or momentum is written into every restored optimizer, more epochs extend
 a finished run — and are recorded in config.yaml, the checkpoint and a
 ``resume_config_change`` row of metrics.jsonl. A change to any other key (shapes, data,
-views, seed, batch size, rule, objective) is refused with the list of changed keys: the
+views, seed, batch size, schedule, transport, objective) is refused with the list of changed keys: the
 saved state or the data order depends on it.
 """
 from __future__ import annotations
@@ -27,14 +27,14 @@ class TrainingDiverged(RuntimeError):
 APPLIED_ON_RESUME = ("name", "train.epochs", "train.lr", "train.weight_decay", "train.momentum",
                      "train.threads", "train.precision", "train.channels_last",
                      "train.compile", "train.checkpoint_every", "train.checkpoint_minutes",
-                     "train.log_every", "train.divergence_factor", "rule.feedback_lr",
-                     "rule.diagnostics_every", "data.root", "data.download", "eval.")
+                     "train.log_every", "train.divergence_factor", "transport.inverse_lr",
+                     "data.root", "data.download", "eval.")
 """Config keys (or prefixes, ending in '.') a resumed run may change; nothing saved depends
 on them. Optimizer hyper-parameters are written into the restored optimizers."""
 
 
 DIVERGENCE_REMEDIES = ("train.lr", "train.weight_decay", "train.momentum", "train.precision",
-                       "train.divergence_factor", "rule.feedback_lr")
+                       "train.divergence_factor", "transport.inverse_lr")
 """Changes that let a diverged run be resumed (the same settings replay the same blow-up)."""
 
 
@@ -138,11 +138,11 @@ def check_resumable_changes(res: StartPoint, rule, epoch: int, step_in_epoch: in
     if "train.epochs" not in res.changes:
         return
     old, new = res.changes["train.epochs"]
-    if rule.num_epochs() != res.cfg.train.epochs:
-        raise ConfigError(f"cannot resume {run_dir} with train.epochs {old} → {new}: for rule "
-                          f"{res.cfg.rule.name} train.epochs is per stage, so the change would move the "
-                          f"stages' schedule under the saved state. Fix: put train.epochs={old} back, or "
-                          f"start a new run with the new value")
+    if not rule.schedule.epochs_resizable:
+        raise ConfigError(f"cannot resume {run_dir} with train.epochs {old} → {new}: schedule "
+                          f"{res.cfg.schedule.name} splits train.epochs over the stages, so the change "
+                          f"would move the stages' schedule under the saved state. Fix: put "
+                          f"train.epochs={old} back, or start a new run with the new value")
     started = epoch + (1 if step_in_epoch else 0)
     if new < started:
         raise ConfigError(f"cannot resume {run_dir} with train.epochs={new}: {started} epochs have "

@@ -84,10 +84,10 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
         frozen = asm.rule.encoder_frozen_steps()
         if state["global_step"] <= frozen:
             untrained = (f"WARNING: the encoder is untrained: the run stopped at step "
-                         f"{state['global_step']}, within rule {cfg.rule.name}'s {frozen}-step warm-up "
+                         f"{state['global_step']}, within rule {cfg.rule_name()}'s {frozen}-step warm-up "
                          f"(rule.feedback_warmup) that leaves it untouched; its rows equal random init.")
             print(untrained, file=sys.stderr)
-        encoders.append((f"{cfg.rule.name}+{cfg.objective.name}", asm.rule.encoder, budget))
+        encoders.append((f"{cfg.rule_name()}+{cfg.objective.name}", asm.rule.encoder, budget))
     if cfg.eval.random_init or not trained:
         encoders.append(("random-init", build_encoder(cfg, asm.recipe, asm.spec, asm.device), 0))
     for label, enc, seen in encoders:

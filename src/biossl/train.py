@@ -35,13 +35,14 @@ from biossl.divergence import LossWatch
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
                            prepare_resume, remedy_settings, show_changes)
 from biossl.rules.base import NonFiniteLoss
+from biossl.seeds import generator
 from biossl.rundir import (CHECKPOINT, DATA_SOURCE, DIVERGED, METRICS, RUN_CONFIG, TENSORBOARD, RunDirError,
                            config_changes, load_run_config, lock_run, make_writable_dir, q,
                            note, remove_stray_temp_files, run_config_text, save_run_config)
 from biossl.stopping import StopFlag, StopNow
 
 __all__ = ["CHECKPOINT", "RUN_CONFIG", "TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError",
-           "train", "epoch_order", "autocast_for",
+           "train", "epoch_order",
            # the run's config file, re-exported for compare and run_eval
            "load_run_config", "save_run_config", "run_config_text", "config_changes"]
 
@@ -61,15 +62,7 @@ class CheckpointWriteError(RuntimeError):
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The image order of one epoch: a function of (seed, epoch) only, so resume replays it."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def autocast_for(cfg: RunConfig, device: torch.device):
-    """bf16 autocast when ``train.precision=bf16``, else nothing."""
-    if cfg.train.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.randperm(n, generator=generator(seed, "data-order", epoch))
 
 
 def _tensorboard(run_dir: Path, purge_step: int | None):
@@ -173,17 +166,17 @@ class _Loop:
         steps_per_epoch = n // bs  # full batches only: every step sees the same batch size
         if cfg.train.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-        self.view_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 31 + 1)
+        self.view_gen = generator(cfg.train.seed, "views", device=device)
         self.watch = LossWatch(cfg.train.divergence_factor)
         total_epochs = rule.num_epochs()
         total_steps = total_epochs * steps_per_epoch
         frozen = rule.encoder_frozen_steps()
         if frozen >= total_steps:
             raise ConfigError(
-                f"rule {cfg.rule.name} leaves the encoder untouched for its first {frozen} steps (its "
-                f"warm-up, rule.feedback_warmup) but this run has only {total_steps} steps "
+                f"transport {cfg.transport.name} leaves the encoder untouched for its first {frozen} steps "
+                f"(its warm-up, transport.inverse_warmup) but this run has only {total_steps} steps "
                 f"({total_epochs} epochs × {steps_per_epoch}): it would train nothing and probe as "
-                f"random init. Fix: lower rule.feedback_warmup below {total_steps} or train longer "
+                f"random init. Fix: lower transport.inverse_warmup below {total_steps} or train longer "
                 f"(train.epochs, data.train_subset)")
 
         self.epoch, self.step_in_epoch, self.global_step, self.elapsed = 0, 0, 0, 0.0
@@ -301,7 +294,7 @@ class _Loop:
         cfg, run_dir = self.cfg, self.run_dir
         lr = min(cfg.train.lr / 10, TrainConfig().lr)  # a tenth, at most the default
         where = (f"training diverged at epoch {self.epoch}, step {self.step_in_epoch} (global step "
-                 f"{self.global_step + 1}): {reason} (rule {cfg.rule.name}, objective "
+                 f"{self.global_step + 1}): {reason} (rule {cfg.rule_name()}, objective "
                  f"{cfg.objective.name}, {cfg.train.optimizer} lr {cfg.train.lr:g}).")
         restart = (f"biossl train {q(run_dir / RUN_CONFIG)} train.lr={lr:.2g} --out {q(run_dir)} "
                    f"--overwrite")
@@ -344,8 +337,7 @@ class _Loop:
                 if cfg.train.channels_last and batch.x.dim() == 4 and device.type == "cuda":
                     batch.x = batch.x.contiguous(memory_format=torch.channels_last)
                 try:
-                    with autocast_for(cfg, device):
-                        out = rule.step(batch)
+                    out = rule.step(batch)
                     reason = self.watch.check(out["loss"])
                 except NonFiniteLoss as e:
                     reason = str(e)

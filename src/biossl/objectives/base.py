@@ -16,21 +16,57 @@ from biossl.views.batch import Kind, ViewBatch
 
 
 class Objective(nn.Module):
+    """The contract every objective declares; rules read these, never probe with getattr."""
+
     accepts_kinds: ClassVar[tuple[Kind, ...]] = ("pairs",)
     """The ViewBatch kinds this objective consumes ('pairs', 'grid'); the assembler checks
     the view recipe against it."""
 
-    stop_grad_first: bool = False
-    """True when the first view enters only as stored (detached) activity: rules may then
-    encode the first view without autograd (saves its backward)."""
+    plausible_error: ClassVar[bool] = False
+    """Condition (ii): the error this loss sends needs no normalisation, division, inner
+    products across units or softmax (hinge, clapp: True; NT-Xent, InfoNCE: False)."""
+
+    has_head: ClassVar[bool] = False
+    """The loss reaches the stage output through weight layers of its own (a projection
+    head): an error to the stage then crosses them backwards."""
+
+    has_explicit_form: ClassVar[bool] = False
+    """True when :meth:`explicit_backward` gives the error at the stage output without
+    autograd (the ``explicit`` transport needs it)."""
+
+    grad_block: bool = False
+    """True when the first view enters only as stored (detached) activity: a rule may then
+    encode the first view without autograd (saves its backward). Set from the config."""
+
+    @classmethod
+    def uses_weight_transport(cls, params) -> bool:
+        """Whether the objective itself sends an error back through a forward weight
+        (condition (iii)), for its config ``params``; False by default."""
+        return False
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def separate_draws(self, stage: int) -> None:
-        """Give this objective's random draws (negatives, coins) a stream of their own for
-        stage ``stage``, instead of the stream every stage's copy starts from. Objectives
-        without random draws have nothing to do."""
+    def explicit_backward(self, h: Tensor, batch: ViewBatch) -> tuple[Tensor, Tensor]:
+        """(loss, ∂loss/∂h) computed from activities, when ``has_explicit_form``."""
+        raise NotImplementedError(f"{type(self).__name__} has no explicit form")
+
+    def seed_draws(self, run_seed: int, stage: int) -> None:
+        """Seed this objective's random draws (negatives, coins) for the copy attached to
+        ``stage``, from the run seed (biossl.seeds, purpose 'objective'). Objectives without
+        draws have nothing to do."""
+
+    def draw_state(self):
+        """The state of this objective's random draws (None: it draws nothing), so that a
+        measurement can replay a step's loss with the same negatives and coins."""
+        return None
+
+    def set_draw_state(self, state) -> None:
+        """Restore a :meth:`draw_state`."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers to log with the training metrics (e.g. W_retro's alignment); none by default."""
+        return {}
 
 
 PoolMode = Literal["adaptive", "window"]

@@ -23,7 +23,7 @@ default and the official code (pub-illing2021-neurips) as named options:
   batch with replacement (possibly itself), the same location everywhere; ``any_location``
   (official CLAPP-s) — per context, futures drawn uniformly over all images *and*
   locations, with replacement. Negatives are drawn anew every prediction step.
-- ``feedback: retro`` (CLAPP) — the context receives W_retro z instead of W_predᵀ z, so no
+- ``context_path: retro`` (CLAPP) — the context receives W_retro z instead of W_predᵀ z, so no
   forward weight is used transposed (custom autograd Function :class:`RetroScore`).
   ``transpose`` (CLAPP-s) — plain autograd, i.e. W_predᵀ z.
 - ``retro_score: shared`` (paper) — one score u and its γ drive both paths;
@@ -46,8 +46,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from biossl.bounds import NonNegativeInt
-from biossl.objectives.predictive import (PredictiveObjective, context_future, init_step_weights,
+from biossl.objectives.predictive import (Draws, PredictiveObjective, context_future, init_step_weights,
                                           patch_vectors, spread_to_output, steps_for, vector_grid)
 from biossl.views.batch import ViewBatch
 
@@ -119,7 +118,7 @@ class ClappConfig:
     coin: Literal["per_step", "per_pass"] = "per_step"
     """When 'either' tosses each image's coin: 'per_step' (default) — anew for every
     prediction step; 'per_pass' (official) — once per forward pass, shared by the K steps."""
-    feedback: Literal["retro", "transpose"] = "retro"
+    context_path: Literal["retro", "transpose"] = "retro"
     """How the error reaches the context: 'retro' (CLAPP) through an independent W_retro;
     'transpose' (CLAPP-s) through W_predᵀ (weight transport)."""
     retro_score: Literal["shared", "separate"] = "shared"
@@ -134,11 +133,11 @@ class ClappConfig:
     pred_init: float = 1.0
     """Scale of the initial W_pred (and W_retro) (× nn.Linear's default ±1/√C). Small values
     let a mirrored W_retro align with W_predᵀ sooner: their offset stays at its initial size."""
-    seed: NonNegativeInt | None = None
-    """Seed of the objective's own draws (negatives, coins); None: torch's initial seed (the run
-    seed). Every stage's objective starts from the same seed, so at each step all stages make
-    the same positive/negative choice — the whole network sees the same next glimpse —
-    unless the rule separates them (``rule.draws: per_stage``, the official code)."""
+    draws: Draws = "lockstep"
+    """The random draws (negatives, coins) of the copies on different stages: 'lockstep'
+    (default) — every stage draws from the same stream, so at each step all stages make the
+    same positive/negative choice (the whole network sees the same next glimpse);
+    'per_stage' (the official CLAPP code) — each stage draws its own."""
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -149,15 +148,16 @@ class ClappConfig:
             raise ValueError(f"pred_init must be > 0, got {self.pred_init}")
         choices = {"negative_draw": ("other_images", "any_image", "any_location"),
                    "sampling": ("either", "both"), "either_divisor": ("half_batch", "coin_counts"),
-                   "coin": ("per_step", "per_pass"), "feedback": ("retro", "transpose"),
+                   "coin": ("per_step", "per_pass"), "context_path": ("retro", "transpose"),
+                   "draws": ("lockstep", "per_stage"),
                    "retro_score": ("shared", "separate"), "retro_learning": ("mirror", "fixed")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of "
                                  f"{', '.join(repr(a) for a in allowed)}")
-        if self.retro_score == "separate" and self.feedback != "retro":
+        if self.retro_score == "separate" and self.context_path != "retro":
             raise ValueError("retro_score 'separate' is the mirror loss of an independent W_retro: "
-                             "it needs feedback 'retro' (got 'transpose'); use retro_score 'shared'")
+                             "it needs context_path 'retro' (got 'transpose'); use retro_score 'shared'")
 
 
 @dataclass
@@ -185,20 +185,21 @@ class ClappObjective(PredictiveObjective):
 
     Config = ClappConfig
     plausible_error = True
+    has_explicit_form = True
 
-    @staticmethod
-    def uses_weight_transport(cfg: ClappConfig) -> bool:
+    @classmethod
+    def uses_weight_transport(cls, params: ClappConfig) -> bool:
         """CLAPP-s sends the context error through W_predᵀ (weight transport)."""
-        return cfg.feedback == "transpose"
+        return params.context_path == "transpose"
 
     def __init__(self, cfg: ClappConfig, in_shape: tuple[int, ...]):
-        super().__init__(cfg.seed)
+        super().__init__(cfg.draws)
         cfg.validate()
         self.cfg = cfg
         ch = in_shape[0]
         k = cfg.steps  # a pairs batch uses the first step only
         self.w_pred = nn.Parameter(init_step_weights(k, ch, ch, cfg.pred_init))
-        if cfg.feedback == "retro":
+        if cfg.context_path == "retro":
             retro = init_step_weights(k, ch, ch, cfg.pred_init)  # independent draw: not W_predᵀ
             if cfg.retro_learning == "mirror":
                 self.w_retro = nn.Parameter(retro)

@@ -6,12 +6,14 @@ defaults τ = 2, δ = 1 give positives relu(d_ii − 1) and negatives relu(3 −
 The error needs no normalisation, inner products or division: per unit it is a sum of
 gated signs (see :func:`hinge_error`).
 
-With ``negatives = n`` only some pairs are negatives, each weighted 1/n (Bio-SSL's
-``HingeNNFewerNegs``). The official form (``negatives_wrap=False``, the default) takes the
-pairs (r, r+k) for k = 1…n−1 and r < N−k — the k-th upper diagonal of the distance matrix,
-``torch.diagonal(·, k)``, which does not wrap around the batch; for n ≥ N that is every
-upper-diagonal pair, still weighted 1/n. ``negatives_wrap=True`` takes (i, i+k mod N), so
-every row gets n−1 negatives, and falls back to all pairs at weight 1 when n ≥ N (the
+With ``negatives = J`` only some pairs are negatives: the pairs at offsets k = 1…J, each
+weighted 1/(J+1) — Bio-SSL's ``HingeNNFewerNegs`` with its "n negatives" = J + 1 (its n
+counts the positive diagonal too; biossl's ``negatives`` counts negatives in every
+objective). The official form (``negatives_wrap=False``, the default) takes the pairs
+(r, r+k) with r < N−k — the k-th upper diagonal of the distance matrix,
+``torch.diagonal(·, k)``, which does not wrap around the batch; for J ≥ N−1 that is every
+upper-diagonal pair, still weighted 1/(J+1). ``negatives_wrap=True`` takes (i, i+k mod N),
+so every row gets J negatives, and falls back to all pairs at weight 1 when J ≥ N−1 (the
 form biossl used before it was checked against the official code). Either way only the
 N·(n−1) needed distances are computed, never the N×N matrix.
 """
@@ -43,16 +45,17 @@ def _check_reduction(reduction: str) -> None:
 
 
 def negative_offsets(n: int, negatives: int | None, wrap: bool) -> tuple[list[int] | None, float]:
-    """(offsets k of the negative pairs, their weight); offsets None means all pairs i ≠ j.
+    """(offsets k of the negative pairs, their weight) for a batch of N = ``n`` and J =
+    ``negatives``; offsets None means all pairs i ≠ j.
 
-    Not wrapping: k = 1…min(n, N)−1, pairs (r, r+k) with r < N−k, weight 1/n.
-    Wrapping: k = 1…n−1, pairs (i, i+k mod N), weight 1/n; n ≥ N: all pairs, weight 1.
+    Not wrapping: k = 1…min(J, N−1), pairs (r, r+k) with r < N−k, weight 1/(J+1).
+    Wrapping: k = 1…J, pairs (i, i+k mod N), weight 1/(J+1); J ≥ N−1: all pairs, weight 1.
     """
     if negatives is None:
         return None, 1.0
     if wrap:
-        return (None, 1.0) if negatives >= n else (list(range(1, negatives)), 1.0 / negatives)
-    return list(range(1, min(negatives, n))), 1.0 / negatives
+        return (None, 1.0) if negatives >= n - 1 else (list(range(1, negatives + 1)), 1.0 / (negatives + 1))
+    return list(range(1, min(negatives, n - 1) + 1)), 1.0 / (negatives + 1)
 
 
 def _pair(z1: Tensor, z2: Tensor, k: int, wrap: bool) -> tuple[Tensor, Tensor]:
@@ -70,12 +73,13 @@ def hinge_loss(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
     Args:
         z1, z2: (N, D) head outputs of the two views (row i of each from image i).
         tau, delta: threshold and margin.
-        negatives: ``None`` — every pair i ≠ j is a negative (weight 1). ``n`` — Bio-SSL's
-            "n negatives", each pair weighted 1/n; which pairs: see ``negatives_wrap``.
+        negatives: ``None`` — every pair i ≠ j is a negative (weight 1). ``J`` — the pairs at
+            offsets k = 1…J, each weighted 1/(J+1) (Bio-SSL's "n negatives" is J = n − 1);
+            which pairs: see ``negatives_wrap``.
         reduction: 'sum' — Σ over all (weighted) terms (the paper's form); 'mean' — mean
             over the positive terms plus mean over the negative terms (weights unused).
-        negatives_wrap: False (official) — pairs (r, r+k), k = 1…n−1, r < N−k;
-            True — pairs (i, i+k mod N), and all pairs at weight 1 when n ≥ N.
+        negatives_wrap: False (official) — pairs (r, r+k), k = 1…J, r < N−k;
+            True — pairs (i, i+k mod N), and all pairs at weight 1 when J ≥ N−1.
     Returns: scalar loss.
     """
     _check(z1, z2)
@@ -139,13 +143,14 @@ class HingeConfig:
     """Margin δ: positives relu(d − (τ − δ)), negatives relu((τ + δ) − d)."""
     grad_block: bool = False
     """Detach the first view's head output: it acts as stored post-synaptic activity."""
-    negatives: int | None = None
-    """None: every pair i ≠ j is a negative (weight 1); n: Bio-SSL's n negatives, the pairs
-    at offsets k = 1…n−1, each weighted 1/n (which pairs: ``negatives_wrap``)."""
+    negatives: PositiveInt | None = None
+    """None: every pair i ≠ j is a negative (weight 1); J: the negatives of each image, the
+    pairs at offsets k = 1…J, each weighted 1/(J+1) (Bio-SSL's "n negatives" is J = n − 1;
+    which pairs: ``negatives_wrap``)."""
     negatives_wrap: bool = False
     """False (default; the official HingeNNFewerNegs): pairs (r, r+k) with r < N−k, no
-    wrap-around (``torch.diagonal(·, k)``); n ≥ N: every upper-diagonal pair, weight 1/n.
-    True: pairs (i, i+k mod N), every row gets n−1 negatives; n ≥ N: all pairs, weight 1."""
+    wrap-around (``torch.diagonal(·, k)``); J ≥ N−1: every upper-diagonal pair, weight 1/(J+1).
+    True: pairs (i, i+k mod N), every row gets J negatives; J ≥ N−1: all pairs, weight 1."""
     reduction: Reduction = "sum"
     """'sum' (paper) or 'mean' (positives and negatives each averaged)."""
     dim: PositiveInt = 64
@@ -164,8 +169,8 @@ class HingeConfig:
     and ``delta`` by the same factor to keep the hinge's working range."""
 
     def validate(self) -> None:
-        if self.negatives is not None and self.negatives < 2:
-            raise ValueError("negatives must be ≥ 2 (k = 1…n−1) or null for all pairs")
+        if self.negatives is not None and self.negatives < 1:
+            raise ValueError("negatives must be ≥ 1 (offsets k = 1…negatives) or null for all pairs")
         if self.delta < 0:
             raise ValueError("delta must be ≥ 0")
         if self.head_init <= 0:
@@ -178,11 +183,12 @@ class HingeObjective(Objective):
 
     Config = HingeConfig
     plausible_error = True
+    has_head = True
 
     def __init__(self, cfg: HingeConfig, in_shape: tuple[int, ...]):
         super().__init__()
         self.cfg = cfg
-        self.stop_grad_first = cfg.grad_block
+        self.grad_block = cfg.grad_block
         self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, init_scale=cfg.head_init,
                                    pool_mode=cfg.head_pool_mode)
 

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biossl.bounds import NonNegativeInt
-from biossl.objectives.predictive import (PredictiveObjective, context_future, init_step_weights,
+from biossl.objectives.predictive import (Draws, PredictiveObjective, context_future, init_step_weights,
                                           patch_vectors, steps_for, vector_grid)
 from biossl.views.batch import ViewBatch
 
@@ -37,8 +36,9 @@ class InfoNCEConfig:
     """K: prediction steps k = 1…K (row r predicts row r+k+1); capped at rows − 2 of the grid."""
     negatives: int = 16
     """Negatives per context, drawn uniformly from the other (image, location) futures of the step."""
-    seed: NonNegativeInt | None = None
-    """Seed of the negative draws; None: torch's initial seed (the run seed)."""
+    draws: Draws = "lockstep"
+    """The negative draws of the copies on different stages: 'lockstep' (default) — one
+    stream for every stage; 'per_stage' — each stage draws its own."""
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -54,7 +54,7 @@ class InfoNCEObjective(PredictiveObjective):
     plausible_error = False
 
     def __init__(self, cfg: InfoNCEConfig, in_shape: tuple[int, ...]):
-        super().__init__(cfg.seed)
+        super().__init__(cfg.draws)
         cfg.validate()
         self.cfg = cfg
         ch = in_shape[0]

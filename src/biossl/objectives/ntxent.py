@@ -74,6 +74,7 @@ class NTXentObjective(Objective):
 
     Config = NTXentConfig
     plausible_error = False
+    has_head = True
 
     def __init__(self, cfg: NTXentConfig, in_shape: tuple[int, ...]):
         super().__init__()

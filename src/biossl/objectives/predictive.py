@@ -13,10 +13,13 @@ resumes with the same draws.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
 from biossl.objectives.base import Objective
+from biossl.seeds import derive
 from biossl.views.batch import ViewBatch
 
 
@@ -78,22 +81,32 @@ def init_step_weights(steps: int, rows: int, cols: int, scale: float = 1.0) -> T
     return torch.empty(steps, rows, cols).uniform_(-bound, bound)
 
 
+Draws = Literal["lockstep", "per_stage"]
+
+
 class PredictiveObjective(Objective):
     """Base of ``clapp`` and ``infonce``: reads 'grid' or 'pairs' batches, own seeded generator."""
 
     accepts_kinds = ("grid", "pairs")
     """Saccade grids (the papers' setting) or augmentation pairs (a two-row grid)."""
 
-    def __init__(self, seed: int | None):
+    def __init__(self, draws: Draws):
         super().__init__()
-        self.generator = torch.Generator()
-        # None follows the run's seed (the assembler seeds torch before building components)
-        self.base_seed = int(torch.initial_seed() if seed is None else seed) % (2 ** 63)
-        self.generator.manual_seed(self.base_seed)
+        if draws not in ("lockstep", "per_stage"):
+            raise ValueError(f"unknown draws {draws!r}; choose 'lockstep' or 'per_stage'")
+        self.draws = draws
+        self.generator = torch.Generator()  # seeded by the rule: seed_draws
 
-    def separate_draws(self, stage: int) -> None:
-        """Stage 0 keeps the base stream; stage i > 0 gets seed base + i·1000003."""
-        self.generator.manual_seed((self.base_seed + stage * 1_000_003) % (2 ** 63))
+    def seed_draws(self, run_seed: int, stage: int) -> None:
+        """'lockstep': every stage's copy gets the same stream (all stages make the same
+        choice at each step); 'per_stage': stage i gets stream i (the official CLAPP code)."""
+        self.generator.manual_seed(derive(run_seed, "objective", stage if self.draws == "per_stage" else 0))
+
+    def draw_state(self):
+        return self.generator.get_state()
+
+    def set_draw_state(self, state) -> None:
+        self.generator.set_state(state)
 
     def _check_batch(self, batch: ViewBatch) -> None:
         if batch.kind not in self.accepts_kinds:

@@ -1,20 +1,37 @@
-"""Rule registry: each entry is ``factory(cfg, encoder, make_objective, train) -> Rule``."""
-from biossl.registry import RULES
-from biossl.rules.base import Rule
-from biossl.rules.bp import BP, E2ERandomFeedback, E2ESignFeedback, E2EUpdatedRandomFeedback
-from biossl.rules.dtp import DTP
-from biossl.rules.layerwise import GLL, RLL
-from biossl.rules.local import LayerLocal
+"""The rule axis: a schedule (which stages learn when) × a transport (how an error reaches
+a weight). Each is one file plus one registry line here; see :mod:`biossl.rules.rule`."""
+from __future__ import annotations
 
-RULES.register("bp", BP, summary="end-to-end back-propagation (baseline)")
-RULES.register("rf", E2ERandomFeedback, summary="end-to-end with fixed random feedback B (feedback alignment)")
-RULES.register("fa", E2ERandomFeedback, summary="alias of rf (feedback alignment)")
-RULES.register("urf", E2EUpdatedRandomFeedback, summary="end-to-end with updated random feedback (ΔB = ΔW)")
-RULES.register("sign", E2ESignFeedback, summary="end-to-end with sign(B) random feedback")
-RULES.register("gll", GLL, summary="greedy layer-wise: stage by stage, own head, one-step error (bp/rf/urf/sign)")
-RULES.register("rll", RLL, summary="random layer-wise: one uniformly drawn stage per minibatch (bp/rf/urf/sign)")
-RULES.register("dtp", DTP, summary="difference target propagation: stage targets from learned inverses")
-RULES.register("clapp", LayerLocal, summary="layer-local simultaneous (CLAPP): own loss + optimizer per stage, mode autograd|explicit")
-RULES.register("gim", LayerLocal, summary="alias of clapp (Greedy InfoMax = layer-local rule + infonce objective)")
+from biossl.registry import SCHEDULES, TRANSPORTS
+from biossl.rules.rule import IncompatibleRule, MakeObjective, Rule
+from biossl.rules.schedules import EndToEnd, Greedy, RandomStage, Schedule, Simultaneous
+from biossl.rules.transports import (Backprop, Explicit, RandomFeedback, SignFeedback, Targets, Transport,
+                                     UpdatedRandomFeedback)
 
-__all__ = ["Rule", "RULES"]
+SCHEDULES.register("e2e", EndToEnd, summary="end-to-end: one objective on the top stage, its error reaches every stage")
+SCHEDULES.register("greedy", Greedy, summary="greedy layer-wise (GLL): stage by stage, each its own head; train.epochs split over the stages")
+SCHEDULES.register("random", RandomStage, summary="random layer-wise (RLL): one uniformly drawn stage per step, each its own head")
+SCHEDULES.register("simultaneous", Simultaneous, summary="every stage every step from its own loss, inputs detached (CLAPP, GIM)")
+
+TRANSPORTS.register("bp", Backprop, summary="back-propagation through the forward weights (weight transport)")
+TRANSPORTS.register("rf", RandomFeedback, summary="fixed random feedback weights B (feedback alignment)")
+TRANSPORTS.register("urf", UpdatedRandomFeedback, summary="updated random feedback: B receives every increment of W")
+TRANSPORTS.register("sign", SignFeedback, summary="sign(B) of a random B carries the error")
+TRANSPORTS.register("targets", Targets, summary="difference target propagation: stage targets from learned inverses")
+TRANSPORTS.register("explicit", Explicit, summary="CLAPP's explicit plasticity rule (Hebbian product, no autograd)")
+
+
+def make_rule(schedule: str, transport: str, encoder, make_objective: MakeObjective, train,
+              schedule_params=None, transport_params=None) -> Rule:
+    """The rule ``schedule`` × ``transport`` over ``encoder`` (registered names; params are
+    the components' Config instances, None for their defaults)."""
+    sched_entry, trans_entry = SCHEDULES.get(schedule), TRANSPORTS.get(transport)
+    if schedule_params is None and sched_entry.config is not None:
+        schedule_params = sched_entry.config()
+    if transport_params is None and trans_entry.config is not None:
+        transport_params = trans_entry.config()
+    return Rule(sched_entry.factory(schedule_params), trans_entry.factory(transport_params, train.seed),
+                encoder, make_objective, train)
+
+
+__all__ = ["Rule", "IncompatibleRule", "Schedule", "Transport", "make_rule", "SCHEDULES", "TRANSPORTS"]

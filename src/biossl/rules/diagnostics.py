@@ -14,12 +14,12 @@ The gradient angle costs one extra forward + backward, so it runs only every
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from biossl.feedback.layers import FeedbackLayer, weight_transport
+from biossl.feedback.layers import FeedbackLayer
 
 
 def angle_deg(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
@@ -52,50 +52,49 @@ def named_feedback_layers(module: nn.Module) -> dict[str, FeedbackLayer]:
 class GradientAngleProbe:
     """Every ``every`` steps, compares the gradients a rule just computed with true BP.
 
-    Call :meth:`tick` once per rule step; when it returns True, call :meth:`measure`
-    after the rule's ``backward`` and before its optimizer step.
+    Call :meth:`tick` once per update; when it returns True, call :meth:`measure` after
+    the rule wrote its update into ``.grad`` and before the optimizer step.
     """
 
-    def __init__(self, every: int, layers: Sequence[FeedbackLayer]):
+    def __init__(self, every: int):
         if every < 0:
             raise ValueError("diagnostics_every must be ≥ 0")
         self.every = every
-        self.layers = list(layers)
         self.steps = 0
         self.last: dict[str, float] = {}
 
     def tick(self) -> bool:
         """Advance the step counter; True when this step should be measured."""
         self.steps += 1
-        # With no feedback layers the rule *is* BP: nothing to measure.
-        return bool(self.every) and bool(self.layers) and (self.steps - 1) % self.every == 0
+        return bool(self.every) and (self.steps - 1) % self.every == 0
 
-    def measure(self, groups: Mapping[str, Sequence[nn.Parameter]], loss_fn: Callable[[], Tensor]) -> None:
+    def measure(self, groups: Mapping[str, Sequence[nn.Parameter]], loss_fn: Callable[[], Tensor],
+                exact: Callable[[], ContextManager]) -> None:
         """``groups``: named parameter lists whose ``.grad`` holds the rule's gradient;
-        ``loss_fn``: recomputes the same loss on the same batch (a fresh graph)."""
-        params = [p for ps in groups.values() for p in ps]
-        rule = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        with weight_transport(self.layers):
-            true = torch.autograd.grad(loss_fn(), params, allow_unused=True)
-        true = [t if t is not None else torch.zeros_like(p) for t, p in zip(true, params)]
-        k = 0
-        for name, ps in groups.items():
-            n = len(ps)
-            self.last[f"angle/{name}"] = angle_deg(rule[k:k + n], true[k:k + n])
-            k += n
+        ``loss_fn``: the same loss on the same batch (a fresh graph through the forward
+        weights); ``exact``: the context in which its backward is true back-propagation."""
+        self.last.update(compare_gradients(groups, loss_fn, exact))
 
-
-class FeedbackDiagnostics:
-    """Mixin for rules that keep a :class:`GradientAngleProbe` in ``self.probe``: logs its
-    last angles with ‖B‖/‖W‖ of every feedback layer, and checkpoints its step counter."""
-
-    def diagnostics(self) -> dict[str, float]:
-        return {**self.probe.last, **feedback_report(named_feedback_layers(self))}
-
-    def schedule_state(self) -> dict:
+    def state(self) -> dict:
         # the last angles too: a resumed run logs what the uninterrupted one logs
-        return {"diagnostics_step": self.probe.steps, "diagnostics_last": dict(self.probe.last)}
+        return {"steps": self.steps, "last": dict(self.last)}
 
-    def load_schedule_state(self, state: dict) -> None:
-        self.probe.steps = state.get("diagnostics_step", 0)
-        self.probe.last = dict(state.get("diagnostics_last", {}))
+    def load_state(self, state: dict) -> None:
+        self.steps = state.get("steps", 0)
+        self.last = dict(state.get("last", {}))
+
+
+def compare_gradients(groups: Mapping[str, Sequence[nn.Parameter]], loss_fn: Callable[[], Tensor],
+                      exact: Callable[[], ContextManager]) -> dict[str, float]:
+    """``angle/<group>`` between each group's ``.grad`` and its back-propagation gradient."""
+    params = [p for ps in groups.values() for p in ps]
+    rule = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    with exact():
+        true = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+    true = [t if t is not None else torch.zeros_like(p) for t, p in zip(true, params)]
+    out, k = {}, 0
+    for name, ps in groups.items():
+        n = len(ps)
+        out[f"angle/{name}"] = angle_deg(rule[k:k + n], true[k:k + n])
+        k += n
+    return out

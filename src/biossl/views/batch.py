@@ -39,6 +39,23 @@ class ViewBatch:
             if self.grid is None or m != self.n * self.grid[0] * self.grid[1]:
                 raise ValueError(f"grid ViewBatch: {m} rows do not match n={self.n} × grid {self.grid}")
 
+    # ---- the row layout, as rules may use it (they never branch on ``kind``) -----------
+    def view_rows(self) -> list[slice]:
+        """Row ranges that are separate views of the images ('pairs': the two halves; else
+        one range): a rule may encode them one at a time to halve a transient peak."""
+        if self.kind == "pairs":
+            return [slice(0, self.n), slice(self.n, 2 * self.n)]
+        return [slice(0, self.x.shape[0])]
+
+    def first_view_rows(self) -> slice | None:
+        """The first view's rows for 'pairs' (what a gradient-blocked objective stores as
+        activity), None for layouts without a first view."""
+        return slice(0, self.n) if self.kind == "pairs" else None
+
+    def with_x(self, x: Tensor) -> "ViewBatch":
+        """The same layout over other rows of activity (e.g. a lower stage's output)."""
+        return ViewBatch(x, self.n, self.kind, self.grid)
+
     # ---- layout helpers shared by objectives and evaluation --------------------------
     def grid_map(self, h: Tensor) -> Tensor:
         """Stage output (M, C, ...) → per-patch vectors on the grid (n, C, rows, cols)."""

@@ -1,0 +1,292 @@
+"""Difference target propagation (Lee et al. 2015; Bio-SSL's E2E DTP): every stage learns
+from a *target* for its own output instead of a back-propagated error.
+
+One update of a segment (stages l = 0…L−1 of the segment, g_l the learned inverse of
+stage l ≥ 1; the top stage's error comes from the objective through its head):
+
+1. **Forward.** Each stage runs on its predecessor's *detached* output, so every stage
+   has its own small graph and none spans two stages. For a gradient-blocked pair
+   objective (``grad_block``) the first view runs without autograd: its top error is zero,
+   so it gets no target (only the second view's rows learn).
+2. **Inverses** (every ``inverse_every`` steps, ``inverse_steps`` times): g_l learns to
+   reconstruct h_{l−1} from f_l(h_{l−1} + ε), ε ~ N(0, noise_std²), forward stages frozen.
+   By default before the targets, so they use the freshest inverses; ``inverse_order:
+   after_targets`` (the official SSL-DTP code) trains g after the targets are computed.
+3. **Top target.** ĥ_L = h_L − eta · ∂L_SSL/∂h_L (the objective on a detached leaf copy of
+   h_L; the same backward gives the head its gradient).
+4. **Targets downwards** (no autograd): ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l).
+5. **Stage losses.** Stage l minimises ‖f_l(sg(h_{l−1})) − sg(ĥ_l)‖²: ``target_loss: sum``
+   is ½·Σ over rows and units (the top stage's update is then exactly eta × its BP
+   gradient); 'row_mean' divides by the rows; 'element_mean' (official, ``mse_loss``) is
+   the mean over all elements without the ½. Its gradient is the post-synaptic difference
+   times the pre-synaptic activity (Hebbian form).
+
+With a local schedule every segment is one stage, the top of its own loss: its target
+comes straight from its head and no inverse is learned (the update is then eta × the
+stage's BP update under 'sum'). During the first ``inverse_warmup`` steps only phase 2
+runs. (iii) fails: the top error reaches h_L through the head's transposed weights.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from biossl.encoders.layers import activation
+from biossl.feedback.inverse import build_inverse
+from biossl.rules.base import check_finite, make_optimizer
+from biossl.rules.transports.base import Transport, Update
+from biossl.seeds import generator
+
+
+@dataclass
+class TargetsConfig:
+    eta: PositiveFloat = 0.5
+    """Top target step: ĥ_L = h_L − eta · ∂L_SSL/∂h_L."""
+    noise_std: NonNegativeFloat = 0.1
+    """σ of the Gaussian corruption of h_{l−1} when training g_l (units of the activity);
+    default 0.1, the official SSL-DTP code uses 1.0."""
+    inverse_order: Literal["before_targets", "after_targets"] = "before_targets"
+    """When the inverses learn within a step: 'before_targets' (default) — first, so the
+    targets use the freshest inverses; 'after_targets' (official SSL-DTP) — the targets are
+    computed with the previous step's inverses, then the inverses learn."""
+    inverse_steps: NonNegativeInt = 1
+    """Reconstruction updates of every g_l per inverse phase, each with fresh noise."""
+    inverse_every: PositiveInt = 1
+    """Run the inverse phase every N training steps (1: every step)."""
+    inverse_warmup: NonNegativeInt = 0
+    """Initial steps that train only the inverses (forward weights and head frozen; the
+    inverse phase runs on every one of them)."""
+    inverse_rows: Literal["one_view", "all"] = "one_view"
+    """Rows the inverses learn from: 'one_view' — in a pair batch, the second views only (the
+    first views are near-duplicates of the same images; halves the cost); 'all' — every
+    row that gets a target."""
+    inverse_lr: PositiveFloat | None = None
+    """Learning rate of the inverses' optimizer (None: train.lr; same optimizer family)."""
+    inverse_activation: str = "below"
+    """Output nonlinearity of g_l: 'below' — stage l−1's last nonlinearity (so g_l's output
+    has h_{l−1}'s range) — or an activation name (relu, hardtanh, tanh, leaky_relu, identity)."""
+    inverse_bias: bool = True
+    """Give the inverses' transposed convs / linear maps a bias."""
+    target_loss: Literal["sum", "row_mean", "element_mean"] = "sum"
+    """Stage loss from ‖f_l − ĥ_l‖²: 'sum' (default) — ½ Σ over rows and units (top update =
+    eta × BP gradient); 'row_mean' — ½ Σ / rows; 'element_mean' — mean over all elements,
+    no ½ (official SSL-DTP, ``mse_loss``): 'sum' × 2 / numel."""
+    diagnostics_every: NonNegativeInt = 100
+    """Steps between measurements of the angle between each stage's DTP update and its BP
+    gradient on that step's batch (one extra BP forward + backward); 0: off."""
+
+    def validate(self) -> None:
+        if self.inverse_warmup > 0 and self.inverse_steps == 0:
+            raise ValueError("inverse_warmup needs inverse_steps ≥ 1")
+        if self.inverse_activation != "below":
+            try:
+                activation(self.inverse_activation)
+            except ValueError as e:
+                raise ValueError(f"inverse_activation: {e} (or 'below')") from None
+
+
+@dataclass
+class Pass:
+    """One forward pass of a segment: per-stage outputs with their own graphs."""
+    outs: list[Tensor]
+    """Stage outputs on the active rows, each graph starting at a detached input."""
+    hs: list[Tensor]
+    """The same outputs, detached."""
+    top: Tensor
+    """Detached top output for every row of the batch (the objective's input)."""
+    active: slice
+    """Rows of the batch that get targets."""
+
+
+class Targets(Transport):
+    """Stage-local losses against targets from learned inverses (difference target propagation)."""
+
+    Config = TargetsConfig
+
+    def __init__(self, params, run_seed):
+        params = params if params is not None else TargetsConfig()
+        super().__init__(params, run_seed)
+        self.diagnostics_every = params.diagnostics_every
+        self.inverses = nn.ModuleList()
+        self.steps_done: list[int] = []
+        self.starts: list[int] = []
+        self.noise: torch.Generator | None = None
+
+    transposes_in_head = True  # the top target is the head's gradient
+    local_targets = True
+
+    def attach(self, rule) -> None:
+        cfg = self.params
+        stages = rule.encoder.stages
+        out_act = None if cfg.inverse_activation == "below" else activation(cfg.inverse_activation)
+        # inverses[k][j] is g_l for l = span.start + 1 + j; a segment's bottom stage needs none.
+        self.inverses = nn.ModuleList(
+            nn.ModuleList(build_inverse(stages, l, cfg.inverse_bias, copy.deepcopy(out_act))
+                          for l in list(span)[1:])
+            for span in rule.spans)
+        device = next(rule.encoder.parameters()).device
+        self.inverses.to(device)
+        self.starts = [span.start for span in rule.spans]
+        self.steps_done = [0] * len(rule.spans)
+        self.noise = generator(self.run_seed, "inverse-noise", device=device)
+        if cfg.inverse_warmup and not self.has_inverses():
+            raise ValueError(
+                "transport.inverse_warmup trains the inverses, but this schedule gives every stage "
+                "its own loss: each target comes straight from its stage's head and no inverse is "
+                "learned; set transport.inverse_warmup=0 (or use schedule e2e)")
+
+    def has_inverses(self) -> bool:
+        return any(len(g) for g in self.inverses)
+
+    def inverse(self, l: int, k: int = 0) -> nn.Module:
+        """g_l of segment ``k`` (l a stage index, above the segment's bottom stage)."""
+        start = self.starts[k]
+        if l <= start:
+            raise IndexError(f"stage {l} is the bottom of its segment: it has no inverse")
+        return self.inverses[k][l - start - 1]
+
+    def extra_optimizers(self, train) -> list[torch.optim.Optimizer]:
+        if not self.has_inverses() or not self.params.inverse_steps:
+            return []
+        fb_train = copy.copy(train)
+        fb_train.lr = self.params.inverse_lr if self.params.inverse_lr is not None else train.lr
+        self.optimizer = make_optimizer(self.inverses.parameters(), fb_train)
+        return [self.optimizer]
+
+    def frozen_steps(self) -> int:
+        return self.params.inverse_warmup
+
+    # ---- pieces of an update (each usable on its own: tests, diagnostics) ---------------
+    def forward_pass(self, rule, k: int, x: Tensor, batch, with_graph: bool = True) -> Pass:
+        span = rule.spans[k]
+        blocked = batch.first_view_rows() if rule.objectives[k].grad_block else None
+        active = slice(blocked.stop if blocked is not None else 0, x.shape[0])
+        outs, h = [], x[active]
+        with torch.set_grad_enabled(with_graph and torch.is_grad_enabled()):
+            for i in span:
+                h = rule.encoder.stages[i](h.detach())  # the detach keeps every graph in one stage
+                outs.append(h)
+        hs = [o.detach() for o in outs]
+        top = hs[-1]
+        if active.start > 0:  # the first (gradient-blocked) view: no graph, no target
+            with torch.no_grad():
+                top = torch.cat([rule.encoder.run(x[: active.start], span.start, span.stop), top])
+        return Pass(outs, hs, top, active)
+
+    def top_target(self, rule, k: int, p: Pass, batch, head_grads: bool = True) -> tuple[Tensor, Tensor]:
+        """(SSL loss, ĥ_L on the active rows). The objective sees a detached leaf copy of
+        h_L, so its gradient stops there; with ``head_grads`` the head's .grad is set too."""
+        obj = rule.objectives[k]
+        leaf = p.top.detach().requires_grad_(True)  # a leaf sharing storage: no copy
+        with rule.autocast():
+            loss = obj(leaf, batch)
+        check_finite(loss, "loss")
+        head = [q for q in obj.parameters() if q.requires_grad] if head_grads else []
+        grads = torch.autograd.grad(loss, [leaf, *head])
+        for q, g in zip(head, grads[1:]):
+            q.grad = g
+        return loss.detach(), p.hs[-1] - self.params.eta * grads[0][p.active]
+
+    @torch.no_grad()
+    def propagate_targets(self, k: int, hs: list[Tensor], top_target: Tensor) -> list[Tensor]:
+        """ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l), from the top down; all detached."""
+        targets = [top_target]
+        for j in range(len(hs) - 1, 0, -1):
+            below = hs[j - 1]
+            g = self.inverses[k][j - 1](torch.cat([targets[0], hs[j]]), below.shape[2:])
+            g_target, g_h = g.split(below.shape[0])
+            targets.insert(0, below + (g_target - g_h))
+        return targets
+
+    def inverse_losses(self, rule, k: int, hs: list[Tensor]) -> list[Tensor]:
+        """Denoising reconstruction loss of every g_l of segment k, forward stages frozen."""
+        losses = []
+        span = rule.spans[k]
+        for j in range(1, len(hs)):
+            h = hs[j - 1]
+            noisy = torch.randn(h.shape, generator=self.noise, device=h.device, dtype=h.dtype)
+            noisy.mul_(self.params.noise_std).add_(h)  # in place: no extra full-size temporaries
+            with torch.no_grad():
+                fh = rule.encoder.stages[span.start + j](noisy)
+            rec = self.inverses[k][j - 1](fh, h.shape[2:])
+            losses.append(F.mse_loss(rec, noisy))
+        return losses
+
+    def stage_losses(self, outs: list[Tensor], targets: list[Tensor]) -> list[Tensor]:
+        losses = []
+        for out, t in zip(outs, targets):
+            if self.params.target_loss == "element_mean":
+                losses.append(F.mse_loss(out, t))
+                continue
+            sq = 0.5 * F.mse_loss(out, t, reduction="sum")
+            losses.append(sq if self.params.target_loss == "sum" else sq / out.shape[0])
+        return losses
+
+    def train_inverses(self, rule, k: int, p: Pass, batch) -> dict[str, float]:
+        """``inverse_steps`` denoising updates of segment k's inverses; returns the last losses."""
+        hs = p.hs
+        first = batch.first_view_rows()
+        if self.params.inverse_rows == "one_view" and first is not None and p.active.start == 0:
+            hs = [h[first.stop:] for h in hs]
+        start = rule.spans[k].start
+        for _ in range(self.params.inverse_steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            with rule.autocast():
+                fb = self.inverse_losses(rule, k, hs)
+            total = sum(fb)
+            check_finite(total, "inverse loss")
+            total.backward()
+            self.optimizer.step()
+        return {f"recon/stage{start + j + 1}": v.item() for j, v in enumerate(fb)}
+
+    # ---- the transport's interface ---------------------------------------------------------
+    def gradients(self, rule, k, x, batch, *, learn_extra=True):
+        """Logs 'target_loss/stage{l}' (stage l's target loss), 'shift/stage{l}'
+        (‖ĥ_l − h_l‖ / ‖h_l‖) and 'recon/stage{l}' (g_l's denoising loss)."""
+        cfg, span = self.params, rule.spans[k]
+        done = self.steps_done[k]
+        warm = done < cfg.inverse_warmup
+        log: dict[str, float] = {}
+        with rule.autocast():
+            p = self.forward_pass(rule, k, x, batch, with_graph=not warm)
+        turn = warm or done % cfg.inverse_every == 0
+        train_g = learn_extra and len(self.inverses[k]) > 0 and cfg.inverse_steps > 0 and turn
+        g_first = warm or cfg.inverse_order == "before_targets"
+        if train_g and g_first:
+            log.update(self.train_inverses(rule, k, p, batch))
+        if warm:
+            with torch.no_grad(), rule.autocast():
+                loss = rule.objectives[k](p.top, batch)
+            self.steps_done[k] += learn_extra
+            return Update(p.top, loss.item(), log, step=False)
+        loss, top = self.top_target(rule, k, p, batch)
+        with rule.autocast():
+            targets = self.propagate_targets(k, p.hs, top)
+        if train_g and not g_first:  # official order: targets from the previous step's g
+            log.update(self.train_inverses(rule, k, p, batch))
+        with rule.autocast():
+            local = self.stage_losses(p.outs, targets)
+        total = sum(local)
+        check_finite(total, "DTP stage loss")
+        total.backward()  # disjoint per-stage graphs: each loss reaches only its own stage
+        self.steps_done[k] += learn_extra
+        log.update({f"target_loss/stage{span.start + j}": v.item() for j, v in enumerate(local)})
+        # How far each target moves its layer, relative to the activity (‖ĥ_l − h_l‖ / ‖h_l‖).
+        log.update({f"shift/stage{span.start + j}": ((t - h).norm() / h.norm().clamp_min(1e-12)).item()
+                    for j, (t, h) in enumerate(zip(targets, p.hs))})
+        return Update(p.top, loss.item(), log)
+
+    def get_extra_state(self):
+        return {"steps_done": list(self.steps_done),
+                "noise": self.noise.get_state() if self.noise is not None else None}
+
+    def set_extra_state(self, state) -> None:
+        self.steps_done = list(state["steps_done"])
+        if state["noise"] is not None:
+            self.noise.set_state(state["noise"])
