@@ -32,18 +32,15 @@ from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
 from biossl.divergence import LossWatch
+from biossl.precision import autocast_for
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
                            prepare_resume, remedy_settings, show_changes)
 from biossl.rules.base import NonFiniteLoss
 from biossl.rundir import (CHECKPOINT, DATA_SOURCE, DIVERGED, METRICS, RUN_CONFIG, TENSORBOARD, RunDirError,
-                           config_changes, load_run_config, lock_run, make_writable_dir, q,
-                           note, remove_stray_temp_files, run_config_text, save_run_config)
+                           lock_run, make_writable_dir, note, q, remove_stray_temp_files, save_run_config)
 from biossl.stopping import StopFlag, StopNow
 
-__all__ = ["CHECKPOINT", "RUN_CONFIG", "TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError",
-           "train", "epoch_order", "autocast_for",
-           # the run's config file, re-exported for compare and run_eval
-           "load_run_config", "save_run_config", "run_config_text", "config_changes"]
+__all__ = ["TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError", "train", "epoch_order"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -63,13 +60,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The image order of one epoch: a function of (seed, epoch) only, so resume replays it."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def autocast_for(cfg: RunConfig, device: torch.device):
-    """bf16 autocast when ``train.precision=bf16``, else nothing."""
-    if cfg.train.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _tensorboard(run_dir: Path, purge_step: int | None):
