@@ -18,7 +18,7 @@ from biossl.checkpoint import load, write_text_atomic
 from biossl.config import ConfigError, RunConfig, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.data.resize import fit_images, resize_note
-from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
+from biossl.evaluate import ProbeRow, evaluate_encoder, format_table, plot_rows, write_csv
 from biossl.naming import encoder_label
 from biossl.registry import VIEWS, load_all
 from biossl.rundir import CHECKPOINT, config_changes, load_run_config
@@ -54,7 +54,8 @@ def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
 
 def probe_parts(cfg: RunConfig, device: torch.device | None = None):
     """(training dataset spec, view recipe, device) of a run: what its encoder is built and
-    probed with. Seeded and threaded as training set them up."""
+    probed with, on train.threads CPU threads as in training. (assemble builds the same
+    spec and recipe, next to the rule a probe does not need.)"""
     load_all()
     device = device or resolve_device(cfg.train.device)
     if cfg.train.threads:
@@ -77,7 +78,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
-                 trained: bool = True) -> list:
+                 trained: bool = True) -> list[ProbeRow]:
+    """Probe the run's trained encoder (``trained``) and/or its random-init encoder per stage;
+    writes the probe table (``probe_stem``) and returns its rows."""
     run_dir = Path(run_dir)
     base, cfg = _eval_configs(run_dir, overrides)
     train_spec, recipe, device = probe_parts(cfg)
