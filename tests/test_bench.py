@@ -1,3 +1,4 @@
+from biossl.naming import rule_name
 """`biossl bench` machinery: one process, ratios against the first cell.
 
 The bench runs in a child process: its memory pass switches glibc to mmap-served
@@ -60,7 +61,7 @@ def test_bench_rows_are_relative_to_the_first_cell(tmp_path):
 
 def test_default_cells_cover_the_rules_and_build():
     cells = default_cells()
-    rules = {c.rule_name() for _, c, _ in cells}
+    rules = {rule_name(c) for _, c, _ in cells}
     assert {"e2e-bp", "e2e-rf", "e2e-urf", "e2e-sign", "greedy-urf", "random-urf", "e2e-targets",
             "simultaneous-bp", "simultaneous-explicit"} <= rules
     assert cells[0][0] == "e2e-bp"

@@ -88,7 +88,7 @@ def test_train_refuses_out_of_range_values_before_creating_the_run(capsys, tmp_p
 
 
 def test_eval_refuses_out_of_range_override(capsys, tmp_path):
-    from biossl.train import save_run_config
+    from biossl.rundir import save_run_config
     save_run_config(load_config("fmnist-bp-hinge"), tmp_path)
     assert cli(["eval", str(tmp_path), "eval.batch_size=0"]) == 2
     assert "eval.batch_size: must be an integer ≥ 1, got 0" in capsys.readouterr().err

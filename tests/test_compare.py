@@ -1,9 +1,14 @@
 """`biossl compare`: a suite runs every cell, writes md/csv/png, and never re-runs finished cells."""
+import json
+
 import pytest
 
 import biossl.compare as compare
 import biossl.train as train_mod
 from biossl.compare import Cell, Suite, load_suite, run_suite
+from biossl.evaluate import ProbeRow
+from biossl.suite_report import CONDITIONS, plausible_verdict, top_gain
+from biossl.suite_result import CellResult, SuiteRow
 
 DIGITS = ["data.name=digits", "encoder.channels=[8,16]", "encoder.pool=[true,true]",
           "train.batch_size=64", "train.epochs=1", "train.threads=1", "train.log_every=5",
@@ -19,7 +24,7 @@ def tiny_suite():
 
 def test_suite_runs_once_and_resumes_nothing(tmp_path, monkeypatch):
     rows = run_suite(tiny_suite(), tmp_path, progress=False)
-    labels = [r["label"] for r in rows]
+    labels = [r.label for r in rows]
     assert "bp-hinge" in labels and "bp-ntxent" in labels
     assert any(l.startswith("random-init") for l in labels)
     md = (tmp_path / "results.md").read_text()
@@ -27,15 +32,18 @@ def test_suite_runs_once_and_resumes_nothing(tmp_path, monkeypatch):
     assert "No row meets all four plausibility conditions." in md   # bp: weight transport
     assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
-    hinge = next(r for r in rows if r["label"] == "bp-hinge")
-    assert hinge["seeds"] == 2 and hinge["images_seen"] > 0
+    hinge = next(r for r in rows if r.label == "bp-hinge")
+    assert hinge.seeds == 2 and hinge.mean("images_seen") > 0
 
     def boom(*a, **k):
         raise AssertionError("a finished cell was trained again")
     monkeypatch.setattr(train_mod, "train", boom)
     monkeypatch.setattr("biossl.run_eval.evaluate_run", boom)
     again = run_suite(tiny_suite(), tmp_path, progress=False)
-    assert [r["probe_s1"] for r in again] == [r["probe_s1"] for r in rows]
+    assert [r.stat("probe", 1) for r in again] == [r.stat("probe", 1) for r in rows]
+    def stored(rs):  # the whole typed result, as JSON text (NaN == NaN there)
+        return [json.dumps([c.to_json() for c in r.results]) for r in rs]
+    assert stored(again) == stored(rows)
 
 
 def test_shipped_suites_resolve_every_cell():
@@ -103,18 +111,19 @@ def test_a_cell_run_with_another_config_is_refused(tmp_path):
     import shutil
     shutil.rmtree(tmp_path / "cells" / "bp-hinge-s0")
     rows = run_suite(edited, tmp_path, progress=False)
-    assert {r["label"] for r in rows} >= {"bp-hinge", "random-init (convstack, deform)"}
+    assert {r.label for r in rows} >= {"bp-hinge", "random-init (convstack, deform)"}
 
 
 def test_verdict_names_the_plausible_rows_behind_random_init():
-    all4 = {c: True for c in compare.CONDITIONS}
+    all4 = {c: True for c in CONDITIONS}
 
     def row(label, top, rule="gll", plausible=all4):
-        return {"label": label, "rule": rule, "encoder": "convstack", "views": "deform",
-                "n_stages": 2, "probe_s2": (top, 0.0), "plausible": plausible}
+        stages = [ProbeRow(label, s, 8, p, 50.0, 40.0, "protocol") for s, p in ((1, 60.0), (2, top))]
+        cell = CellResult(label, 0, rule, "hinge", "convstack", "deform", stages)
+        return SuiteRow(label, [cell], plausible)
     rows = [row("random-init (convstack, deform)", 79.0, rule="none", plausible={}),
             row("gll-rf", 80.5), row("rll-rf", 78.0),
             row("e2e-bp", 70.0, rule="bp", plausible={**all4, "iii": False})]
-    assert compare.top_gain(rows[1], rows) == pytest.approx(1.5)
-    verdict = compare.plausible_verdict(rows)
+    assert top_gain(rows[1], rows) == pytest.approx(1.5)
+    verdict = plausible_verdict(rows)
     assert "1 of 2" in verdict and "rll-rf (-1.0)" in verdict and "e2e-bp" not in verdict

@@ -225,7 +225,8 @@ def test_dtp_shorter_than_its_warmup_is_refused_and_eval_says_untrained(tmp_path
     capfd.readouterr()
     rows = evaluate_run(tmp_path / "b", progress=False)
     err = capfd.readouterr().err
-    assert "WARNING: the encoder is untrained" in err and "100-step warm-up" in err
+    assert "WARNING: the encoder is untrained: the run stopped at step 3" in err
+    assert "weights still at their random init" in err
     assert "WARNING: the encoder is untrained" in (tmp_path / "b" / "probe.md").read_text()
     trained = [r.probe for r in rows if r.encoder_label != "random-init"]
     assert trained == [r.probe for r in rows if r.encoder_label == "random-init"]

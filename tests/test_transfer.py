@@ -71,9 +71,9 @@ def test_suite_transfer_table_added_without_retraining(tmp_path, monkeypatch):
     assert ckpt.stat().st_mtime_ns == stamp
     md = (tmp_path / "results.md").read_text()
     assert "## Transfer: linear probe on digits" in md and "bilinear 8×8→28×28" in md
-    trained = next(r for r in rows if r["label"] == "bp-hinge")
-    random = next(r for r in rows if r["rule"] == "none")
+    trained = next(r for r in rows if r.label == "bp-hinge")
+    random = next(r for r in rows if not r.trained)
     for r in (trained, random):
-        assert all(0 <= r[f"transfer_digits_probe_s{s}"][0] <= 100 for s in (1, 2))
+        assert all(0 <= r.stat("probe", s, "digits")[0] <= 100 for s in (1, 2))
     stored = json.loads((tmp_path / "cells" / "bp-hinge-s0" / "result.json").read_text())
     assert len(stored["transfer"]["digits"]["probe"]) == 2

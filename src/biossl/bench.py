@@ -1,12 +1,11 @@
 """Training-step benchmark: step time, images/s, peak memory and the views' share of a step,
 for several configs measured in one process, each relative to the first (e2e-bp).
 
-Peak memory: on CUDA ``max_memory_allocated`` above the memory held before the steps; on
-the CPU the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
-above the resident set before the steps, measured in a separate pass after the timed
-rounds with large allocations served by mmap so that the resident set follows live
-tensors. Cells are timed in interleaved rounds and the
-median round is kept, so a noisy neighbour hurts every cell alike.
+Peak memory (biossl.measure): on CUDA the allocated memory above that held before the
+steps; on the CPU the peak resident set above the one before the steps, measured in a
+separate pass after the timed rounds with large allocations served by mmap so that the
+resident set follows live tensors. Cells are timed in interleaved rounds and the median
+round is kept, so a noisy neighbour hurts every cell alike.
 """
 from __future__ import annotations
 
@@ -21,6 +20,8 @@ import torch
 
 from biossl.assemble import assemble
 from biossl.config import RunConfig, apply_overrides, build_config, load_raw
+from biossl.measure import peak_bytes, reset_peak, rss_tracks_tensors, seconds_per_call
+from biossl.naming import rule_name
 
 # (label, recipe, overrides, schedule epoch). GLL's cost depends on the stage it trains,
 # so it is measured at its first and last stage (the epoch selects the stage). The
@@ -39,60 +40,6 @@ DEFAULT_CELLS = [
     ("clapp (grid)", "fmnist-clapp", [], 0),
     ("clapp explicit (grid)", "fmnist-clapp", ["transport.name=explicit"], 0),
 ]
-
-
-def _proc_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _rss_tracks_tensors() -> None:
-    """Make glibc serve every allocation ≥ 128 KiB by mmap and unmap it when freed, so the
-    resident set follows live tensor memory rather than the allocator's cached heap (without
-    this a cell measured after a bigger one shows a peak of ~0). It slows steps (page
-    faults), so it is switched on only for the memory pass, after the timed rounds."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, fixed
-    except (OSError, AttributeError):
-        pass
-
-
-def _trim_heap() -> None:
-    """Hand the allocator's free pages back to the OS, so the peak starts at live memory."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def reset_peak(device: torch.device) -> int:
-    """Reset the peak counter; returns the current baseline in bytes."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    _trim_heap()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _proc_kb("VmRSS") * 1024
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-    return _proc_kb("VmHWM") * 1024
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _batch(asm, batch_size: int) -> torch.Tensor:
@@ -119,23 +66,14 @@ class _Cell:
         self.peak_bytes = 0
 
     def views(self, n: int) -> float:
-        dev = self.asm.device
-        _sync(dev)
-        t = time.perf_counter()
-        for _ in range(n):
-            self.asm.recipe(self.x, self.gen)
-        _sync(dev)
-        return (time.perf_counter() - t) / n
+        return seconds_per_call(lambda: self.asm.recipe(self.x, self.gen), n, self.asm.device)
 
     def steps(self, n: int) -> float:
-        dev = self.asm.device
-        _sync(dev)
-        t = time.perf_counter()
-        for _ in range(n):
-            batch = self.asm.recipe(self.x, self.gen)
-            self.asm.rule.step(batch)
-        _sync(dev)
-        return (time.perf_counter() - t) / n
+        return seconds_per_call(self._step, n, self.asm.device)
+
+    def _step(self) -> None:
+        # the rule scopes train.precision to its forward computations (assemble sets it)
+        self.asm.rule.step(self.asm.recipe(self.x, self.gen))
 
     def measure_peak(self, n: int) -> None:
         gc.collect()
@@ -167,14 +105,14 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
             c.view_times.append(c.views(per_round))
         if progress:
             print(f"  round {r + 1}/{rounds} done", flush=True)
-    _rss_tracks_tensors()  # memory last: it would slow the timed steps
+    rss_tracks_tensors()  # memory last: it would slow the timed steps
     for c in built:
         c.measure_peak(max(2, steps // 4))
     out = []
     for c in built:
         st = statistics.median(c.step_times)
         vt = statistics.median(c.view_times)
-        out.append({"label": c.label, "rule": c.cfg.rule_name(), "objective": c.cfg.objective.name,
+        out.append({"label": c.label, "rule": rule_name(c.cfg), "objective": c.cfg.objective.name,
                     "encoder": c.cfg.encoder.name, "views": c.cfg.views.name,
                     "batch_size": c.cfg.train.batch_size, "device": str(c.asm.device),
                     "step_ms": st * 1e3, "images_per_s": c.cfg.train.batch_size / st,

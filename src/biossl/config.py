@@ -158,10 +158,6 @@ class RunConfig:
     name: str = "run"
     """Run name (the run directory's default name)."""
 
-    def rule_name(self) -> str:
-        """The rule as one word: 'schedule-transport' (e.g. 'greedy-urf')."""
-        return f"{self.schedule.name}-{self.transport.name}"
-
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name}
         for f in dataclasses.fields(self):

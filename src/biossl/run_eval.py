@@ -1,5 +1,9 @@
 """Probe a finished (or partly trained) run: per-stage table for the trained encoder and
-the random-init encoder of the same seed, written as CSV, markdown and a PNG plot."""
+the random-init encoder of the same seed, written as CSV, markdown and a PNG plot.
+
+Only what probing needs is built: the view recipe (its deterministic eval input) and the
+encoder, which gets the checkpoint's forward weights (biossl.trained_encoder); the rule,
+its objectives and optimizers are never built."""
 from __future__ import annotations
 
 import hashlib
@@ -7,13 +11,18 @@ import re
 import sys
 from pathlib import Path
 
-from biossl.assemble import assemble, build_encoder
+import torch
+
+from biossl.assemble import build_encoder, resolve_device
 from biossl.checkpoint import load, write_text_atomic
 from biossl.config import ConfigError, RunConfig, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.data.resize import fit_images, resize_note
-from biossl.evaluate import evaluate_encoder, format_table, plot_rows, write_csv
+from biossl.evaluate import ProbeRow, evaluate_encoder, format_table, plot_rows, write_csv
+from biossl.naming import encoder_label
+from biossl.registry import VIEWS, load_all
 from biossl.rundir import CHECKPOINT, config_changes, load_run_config
+from biossl.trained_encoder import load_trained_weights
 
 
 def _stem(run_dir: Path, base: RunConfig, cfg: RunConfig) -> Path:
@@ -43,11 +52,38 @@ def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
     return _stem(run_dir, *_eval_configs(run_dir, overrides))
 
 
+def probe_parts(cfg: RunConfig, device: torch.device | None = None):
+    """(training dataset spec, view recipe, device) of a run: what its encoder is built and
+    probed with, on train.threads CPU threads as in training. (assemble builds the same
+    spec and recipe, next to the rule a probe does not need.)"""
+    load_all()
+    device = device or resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    spec = get_spec(cfg.data.name)
+    recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
+    return spec, recipe, device
+
+
+def trained_encoder(run_dir: str | Path, cfg: RunConfig, recipe, spec, device: torch.device):
+    """(the run's encoder with the checkpoint's weights, the checkpoint)."""
+    state = load(Path(run_dir) / CHECKPOINT, map_location="cpu")
+    encoder = load_trained_weights(build_encoder(cfg, recipe, spec, device), state, run_dir)
+    return encoder, state
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
-                 trained: bool = True) -> list:
+                 trained: bool = True) -> list[ProbeRow]:
+    """Probe the run's trained encoder (``trained``) and/or its random-init encoder per stage;
+    writes the probe table (``probe_stem``) and returns its rows."""
     run_dir = Path(run_dir)
     base, cfg = _eval_configs(run_dir, overrides)
-    asm = assemble(cfg)
+    train_spec, recipe, device = probe_parts(cfg)
     rows = []
     dataset = cfg.eval.dataset or cfg.data.name
     spec = get_spec(dataset)
@@ -60,39 +96,34 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
     if cfg.eval.max_test:
         te_x, te_y = te_x[: cfg.eval.max_test], te_y[: cfg.eval.max_test]
     note = ""
-    if tuple(spec.image_shape) != tuple(asm.spec.image_shape):
+    shape = tuple(train_spec.image_shape)
+    if tuple(spec.image_shape) != shape:
         if not cfg.eval.resize:
             raise ConfigError(f"cannot probe {dataset} {tuple(spec.image_shape)} with an encoder trained on "
-                              f"{cfg.data.name} {tuple(asm.spec.image_shape)}: image shapes differ; set "
+                              f"{cfg.data.name} {shape}: image shapes differ; set "
                               f"eval.resize=true to resize the probe images")
         try:
-            tr_x, te_x = fit_images(tr_x, asm.spec.image_shape), fit_images(te_x, asm.spec.image_shape)
+            tr_x, te_x = fit_images(tr_x, shape), fit_images(te_x, shape)
         except ValueError as e:
             raise ConfigError(f"cannot probe {dataset} with an encoder trained on {cfg.data.name}: {e}") from None
-        note = resize_note(spec.image_shape, asm.spec.image_shape)
+        note = resize_note(spec.image_shape, shape)
     encoders, budgets, untrained = [], {}, ""
+    random_init = build_encoder(cfg, recipe, train_spec, device)
     if trained:
-        state = load(run_dir / CHECKPOINT, map_location="cpu")
-        try:
-            asm.rule.load_state_dict(state["rule"])
-        except (RuntimeError, ValueError, KeyError):
-            changed = config_changes(build_config(state["config"]), load_run_config(run_dir))
-            raise ConfigError(f"the checkpoint in {run_dir} does not fit its config.yaml, edited since "
-                              f"training ({'; '.join(f'{k}: {a!r} → {b!r}' for k, (a, b) in changed.items())}); "
-                              f"put those values back to probe it") from None
-        budget = state["global_step"] * cfg.train.batch_size
-        frozen = asm.rule.encoder_frozen_steps()
-        if state["global_step"] <= frozen:
-            untrained = (f"WARNING: the encoder is untrained: the run stopped at step "
-                         f"{state['global_step']}, within rule {cfg.rule_name()}'s {frozen}-step warm-up "
-                         f"(rule.feedback_warmup) that leaves it untouched; its rows equal random init.")
+        encoder, state = trained_encoder(run_dir, cfg, recipe, train_spec, device)
+        step = state["global_step"]
+        if _same_weights(encoder, random_init):
+            # e.g. stopped within a rule's warm-up that leaves the encoder untouched (DTP)
+            untrained = (f"WARNING: the encoder is untrained: the run stopped at step {step} with "
+                         f"the encoder's weights still at their random init (nothing has updated "
+                         f"them yet: train longer); its rows equal random init.")
             print(untrained, file=sys.stderr)
-        encoders.append((f"{cfg.rule_name()}+{cfg.objective.name}", asm.rule.encoder, budget))
+        encoders.append((encoder_label(cfg), encoder, step * cfg.train.batch_size))
     if cfg.eval.random_init or not trained:
-        encoders.append(("random-init", build_encoder(cfg, asm.recipe, asm.spec, asm.device), 0))
+        encoders.append(("random-init", random_init, 0))
     for label, enc, seen in encoders:
-        rows += evaluate_encoder(enc, label, tr_x, tr_y, te_x, te_y, asm.recipe, cfg.eval,
-                                 spec.num_classes, asm.device, seed=cfg.train.seed,
+        rows += evaluate_encoder(enc, label, tr_x, tr_y, te_x, te_y, recipe, cfg.eval,
+                                 spec.num_classes, device, seed=cfg.train.seed,
                                  progress=True if progress is None else progress)
         budgets[label] = seen
     if note:

@@ -32,19 +32,17 @@ from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
 from biossl.divergence import LossWatch
+from biossl.precision import autocast_for
+from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
                            prepare_resume, remedy_settings, show_changes)
 from biossl.rules.base import NonFiniteLoss
 from biossl.seeds import generator
 from biossl.rundir import (CHECKPOINT, DATA_SOURCE, DIVERGED, METRICS, RUN_CONFIG, TENSORBOARD, RunDirError,
-                           config_changes, load_run_config, lock_run, make_writable_dir, q,
-                           note, remove_stray_temp_files, run_config_text, save_run_config)
+                           lock_run, make_writable_dir, note, q, remove_stray_temp_files, save_run_config)
 from biossl.stopping import StopFlag, StopNow
 
-__all__ = ["CHECKPOINT", "RUN_CONFIG", "TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError",
-           "train", "epoch_order",
-           # the run's config file, re-exported for compare and run_eval
-           "load_run_config", "save_run_config", "run_config_text", "config_changes"]
+__all__ = ["TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError", "train", "epoch_order"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -294,7 +292,7 @@ class _Loop:
         cfg, run_dir = self.cfg, self.run_dir
         lr = min(cfg.train.lr / 10, TrainConfig().lr)  # a tenth, at most the default
         where = (f"training diverged at epoch {self.epoch}, step {self.step_in_epoch} (global step "
-                 f"{self.global_step + 1}): {reason} (rule {cfg.rule_name()}, objective "
+                 f"{self.global_step + 1}): {reason} (rule {rule_name(cfg)}, objective "
                  f"{cfg.objective.name}, {cfg.train.optimizer} lr {cfg.train.lr:g}).")
         restart = (f"biossl train {q(run_dir / RUN_CONFIG)} train.lr={lr:.2g} --out {q(run_dir)} "
                    f"--overwrite")
