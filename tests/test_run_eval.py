@@ -32,7 +32,7 @@ def _rule_encoder(run):
     return asm
 
 
-@pytest.mark.parametrize("overrides", [["rule.name=urf"], ["rule.name=gll", "rule.feedback=rf"]],
+@pytest.mark.parametrize("overrides", [["transport.name=urf"], ["schedule.name=greedy", "transport.name=rf", "train.epochs=2"]],
                          ids=["e2e-urf", "gll-rf"])
 def test_feedback_run_probes_as_the_rule_encoder(tmp_path, overrides):
     run = tmp_path / "run"
@@ -62,7 +62,7 @@ def test_feedback_run_probes_as_the_rule_encoder(tmp_path, overrides):
 
 def test_checkpoint_that_does_not_fit_names_the_run_and_key(tmp_path):
     run = tmp_path / "run"
-    cfg = _trained(run, "rule.name=urf")
+    cfg = _trained(run, "transport.name=urf")
     ckpt = run / CHECKPOINT
     good = load(ckpt)
 
@@ -76,7 +76,7 @@ def test_checkpoint_that_does_not_fit_names_the_run_and_key(tmp_path):
     assert "edited" in msg
 
     torch.save(good, ckpt)
-    save_run_config(load_config("fmnist-bp-hinge", TWO_STEPS + ["rule.name=urf", "encoder.channels=[6,8]"]), run)
+    save_run_config(load_config("fmnist-bp-hinge", TWO_STEPS + ["transport.name=urf", "encoder.channels=[6,8]"]), run)
     with pytest.raises(ConfigError) as e:
         evaluate_run(run, progress=False)
     msg = str(e.value)
