@@ -625,8 +625,9 @@ def test_simultaneous_targets_update_is_eta_times_each_stages_own_bp_gradient():
 
 @pytest.mark.parametrize("schedule", ["greedy", "simultaneous", "random"])
 def test_inverse_warmup_with_a_local_schedule_is_refused(schedule):
-    message = (r"transport.inverse_warmup trains the inverses, but this schedule gives every stage its "
-               r"own loss: .*no inverse is learned; set transport.inverse_warmup=0 \(or use schedule e2e\)")
+    message = (r"transport.inverse_warmup trains the inverses, but no segment of this rule spans more than "
+               r"one stage \(a local schedule gives every stage its own loss.*no inverse is learned; set "
+               r"transport.inverse_warmup=0 \(or use schedule e2e on a deeper encoder\)")
     with pytest.raises(ValueError, match=message):
         make_rule(small_convstack(), schedule=schedule, inverse_warmup=2)
     # the same through the config: a ConfigError naming the pair

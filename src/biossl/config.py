@@ -359,6 +359,10 @@ def legacy_rule_message(rule: Any) -> str:
     if transport is None and schedule is not None:
         transport = ("explicit" if old.get("mode") == "explicit" else
                      "bp" if name in ("clapp", "gim") else old.get("feedback", "bp"))
+        if transport == "fa":
+            transport = "rf"
+        if transport not in ("bp", "rf", "urf", "sign", "explicit"):
+            transport = "bp|rf|urf|sign"
     fix = (f"write `schedule: {schedule}` and `transport: {transport}` (overrides: "
            f"schedule.name={schedule} transport.name={transport})" if schedule else
            "write `schedule: e2e|greedy|random|simultaneous` and `transport: bp|rf|urf|sign|targets|explicit`")

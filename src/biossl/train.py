@@ -32,7 +32,6 @@ from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
 from biossl.divergence import LossWatch
-from biossl.precision import autocast_for
 from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
                            prepare_resume, remedy_settings, show_changes)

@@ -18,14 +18,6 @@ FEEDBACK_MODES = ("bp",) + LAYER_MODES
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def feedback_generator(seed: int) -> torch.Generator:
-    """CPU generator for drawing B: its own stream, so B is independent of W (drawn from the
-    global RNG) and adding feedback leaves the rest of a run's random draws unchanged."""
-    g = torch.Generator()
-    g.manual_seed(int(seed) * 104_729 + 7)
-    return g
-
-
 def check_mode(mode: str) -> str:
     """The canonical mode name ('fa' → 'rf'); ValueError naming the allowed ones otherwise."""
     if mode == "bp":

@@ -52,8 +52,8 @@ def named_feedback_layers(module: nn.Module) -> dict[str, FeedbackLayer]:
 class GradientAngleProbe:
     """Every ``every`` steps, compares the gradients a rule just computed with true BP.
 
-    Call :meth:`tick` once per update; when it returns True, call :meth:`measure` after
-    the rule wrote its update into ``.grad`` and before the optimizer step.
+    Before an update, :meth:`due` says whether to measure it; call :meth:`measure` after
+    the rule wrote its update into ``.grad`` and before the optimizer step, then :meth:`tick`.
     """
 
     def __init__(self, every: int):
@@ -63,10 +63,13 @@ class GradientAngleProbe:
         self.steps = 0
         self.last: dict[str, float] = {}
 
-    def tick(self) -> bool:
-        """Advance the step counter; True when this step should be measured."""
+    def due(self) -> bool:
+        """Whether the next update is one to measure."""
+        return bool(self.every) and self.steps % self.every == 0
+
+    def tick(self) -> None:
+        """Count an update (updates that change no forward weight are not counted)."""
         self.steps += 1
-        return bool(self.every) and (self.steps - 1) % self.every == 0
 
     def measure(self, groups: Mapping[str, Sequence[nn.Parameter]], loss_fn: Callable[[], Tensor],
                 exact: Callable[[], ContextManager]) -> None:

@@ -119,15 +119,17 @@ class Rule(nn.Module):
         opt = self.optimizers[k]
         opt.zero_grad(set_to_none=True)
         obj = self.objectives[k]
-        measure = self.probes[k].tick()
+        measure = self.probes[k].due()
         draws = obj.draw_state() if measure else None
         u = self.transport.gradients(self, k, x, batch)
-        if measure and u.step:
+        if not u.step:  # e.g. DTP's warm-up: no forward weight moves, nothing to measure
+            return u
+        if measure:
             self.probes[k].measure(self.segment_groups(k), self._replay(k, x, batch, draws),
                                    self.transport.exact)
-        if u.step:
-            with self.transport.stepping(self, k):
-                opt.step()
+        self.probes[k].tick()
+        with self.transport.stepping(self, k):
+            opt.step()
         return u
 
     def _replay(self, k: int, x: Tensor, batch: ViewBatch, draws) -> Callable[[], Tensor]:

@@ -5,8 +5,6 @@ crosses only the stage's own layers (and its head), as in Bio-SSL's GLL/RLL-BP.
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 from biossl.rules.base import check_finite
 from biossl.rules.transports.base import Transport, Update, run_segment
 
@@ -24,7 +22,6 @@ def autograd_update(rule, k, x, batch) -> Update:
 class Backprop(Transport):
     """Errors travel through the transposed forward weights (weight transport)."""
 
-    measures_angle: ClassVar[bool] = False  # it is the reference
     transposes_between_stages = True
     transposes_in_head = True
 

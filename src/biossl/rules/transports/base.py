@@ -57,10 +57,6 @@ class Transport(nn.Module):
 
     Config: ClassVar[type | None] = None
 
-    measures_angle: ClassVar[bool] = True
-    """Whether its update can differ from back-propagation's (then the rule measures the
-    angle between them every ``diagnostics_every`` steps)."""
-
     def __init__(self, params, run_seed: int):
         super().__init__()
         self.params = params

@@ -111,6 +111,7 @@ class Targets(Transport):
 
     def __init__(self, params, run_seed):
         params = params if params is not None else TargetsConfig()
+        params.validate()
         super().__init__(params, run_seed)
         self.diagnostics_every = params.diagnostics_every
         self.inverses = nn.ModuleList()
@@ -137,9 +138,10 @@ class Targets(Transport):
         self.noise = generator(self.run_seed, "inverse-noise", device=device)
         if cfg.inverse_warmup and not self.has_inverses():
             raise ValueError(
-                "transport.inverse_warmup trains the inverses, but this schedule gives every stage "
-                "its own loss: each target comes straight from its stage's head and no inverse is "
-                "learned; set transport.inverse_warmup=0 (or use schedule e2e)")
+                "transport.inverse_warmup trains the inverses, but no segment of this rule spans more "
+                "than one stage (a local schedule gives every stage its own loss, or the encoder has "
+                "one stage): each target comes straight from its stage's head and no inverse is "
+                "learned; set transport.inverse_warmup=0 (or use schedule e2e on a deeper encoder)")
 
     def has_inverses(self) -> bool:
         return any(len(g) for g in self.inverses)
