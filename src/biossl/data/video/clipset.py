@@ -89,6 +89,18 @@ class ClipSet:
         return cls(clips.reshape(n * t, *clips.shape[2:]), offsets, labels, tuple(class_names),
                    name, split, **kw)
 
+    def to(self, device: torch.device | str) -> "ClipSet":
+        """The same clips with ``frames`` on ``device`` (labels and offsets stay on the CPU,
+        where the gathers compute their indices)."""
+        return ClipSet(self.frames.to(device), self.offsets, self.labels, self.class_names, self.name,
+                       self.split, objects=self.objects, object_names=self.object_names,
+                       clip_names=self.clip_names, source=self.source)
+
+    def __repr__(self) -> str:
+        return (f"ClipSet({self.name}/{self.split}: {len(self)} clips, {self.frames.shape[0]} frames "
+                f"{'×'.join(map(str, self.frame_shape))}, {self.num_classes} actions"
+                f"{f', {self.num_objects} objects' if self.objects is not None else ''})")
+
     # ---- facts -------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.offsets.numel() - 1
