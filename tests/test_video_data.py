@@ -227,6 +227,12 @@ def test_ucf101_missing_files_say_where_and_how(tmp_path):
 
 
 @needs_av
+def test_ucf101_found_through_biossl_data(ucf, monkeypatch):
+    monkeypatch.setenv("BIOSSL_DATA", str(ucf.parent))  # <entry>/ucf101, as for the image sets
+    assert UCF101().load("test", side=8).clip_names == ("Archery/v_Archery_g02_c01.avi",)
+
+
+@needs_av
 def test_ucf101_options_are_checked(ucf):
     with pytest.raises(ValueError, match="no option 'sidee'.*options are: fold, side"):
         UCF101().load("train", root=ucf, sidee=16)
