@@ -11,7 +11,8 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z
     echo "note: install Fashion-MNIST with 'sudo apt-get install dataset-fashion-mnist' or set BIOSSL_DATA" >&2
   fi
 fi
-if ! python -c "import biossl, torch, pytest" 2>/dev/null; then
+# every import the package and its tests need: a machine with an older biossl gets the new ones
+if ! python -c "import biossl, torch, pytest, av" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0" 2>/dev/null || python -m pip install -q "torch<=2.13.0"
   python -m pip install -q -e '.[dev]'
 fi
