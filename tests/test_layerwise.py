@@ -539,7 +539,7 @@ def test_configs_select_the_right_rules():
     cfg = build_config(apply_overrides({}, ["schedule.name=greedy", "transport.name=urf",
                                             "transport.diagnostics_every=3"]))
     assert cfg.schedule.name == "greedy" and cfg.transport.params == FeedbackConfig(diagnostics_every=3)
-    assert cfg.rule_name() == "greedy-urf"
+    assert __import__("biossl.naming").naming.rule_name(cfg) == "greedy-urf"
     assert "fa" not in TRANSPORTS and "gll" not in SCHEDULES   # one name per idea, no aliases
     for name in FEEDBACK:                                  # rf, urf, sign share one config
         assert TRANSPORTS.get(name).config is FeedbackConfig
