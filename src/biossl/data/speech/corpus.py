@@ -154,7 +154,7 @@ def generate(config: EspeakCorpusConfig, directory: Path, library: str | None = 
             "generation_seconds": round(time.perf_counter() - started, 2)}
     speaker_names = tuple(voice_name(k) for k in range(config.speakers))
     directory = Path(directory)
-    with store.staging(directory) as tmp:
+    with store.staging(directory, replace=False) as tmp:
         (tmp / "corpus.json").write_text(json.dumps(info, indent=1))
         for split, part in parts.items():
             audio = _assemble(part, speaker_names, split, str(directory), info)

@@ -113,6 +113,10 @@ class Espeak:
                 f"speech corpus needs libespeak-ng: install the Debian package with "
                 f"'sudo apt-get install {DEBIAN_PACKAGE}' (it brings libespeak-ng1 and "
                 f"espeak-ng-data), or point ${LIBRARY_ENV} at a libespeak-ng.so.1.") from e
+        if not hasattr(lib, "espeak_Initialize"):
+            raise EspeakMissing(f"{self.library} is not libespeak-ng (it has no espeak_Initialize); "
+                                f"install the Debian package with 'sudo apt-get install {DEBIAN_PACKAGE}' "
+                                f"and unset ${LIBRARY_ENV}.")
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]

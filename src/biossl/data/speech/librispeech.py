@@ -154,7 +154,7 @@ def load_split(split: str, root: Path | None = None, progress: bool | None = Non
         raise DatasetError(f"{split_file}: no utterance ids; the split file is empty or truncated.")
     speaker_names = tuple(sorted({u.split("-")[0] for u in ids + read_split(other_file)}, key=int))
     flacs = [flac_path(audio_dir, u) for u in ids]
-    for utt, path in zip(ids, flacs):
+    for path in flacs:
         if not path.is_file():
             _flac_info(path, split_file)  # raises, naming the file
     stamp = {"files": _stamp([split_file, other_file, phones_file] + flacs), "ids": ids}

@@ -29,16 +29,21 @@ _INDEX_KEYS = ("sample_offsets", "num_samples", "label_offsets", "num_labels", "
 
 
 @contextmanager
-def staging(final: Path) -> Iterator[Path]:
+def staging(final: Path, replace: bool = True) -> Iterator[Path]:
     """A fresh temporary directory next to ``final``, renamed to ``final`` when the block
     ends without error and removed when it raises (or the process dies before the rename:
-    a leftover ``.<name>.tmp-*`` is never read). An existing ``final`` is replaced."""
+    a leftover ``.<name>.tmp-*`` is never read). An existing ``final`` is replaced, or with
+    ``replace=False`` kept and the new copy dropped (content fixed by the name, e.g. two
+    ranks generating the same corpus at once)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
+        if final.exists() and not replace:
+            shutil.rmtree(tmp)
+            return
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
