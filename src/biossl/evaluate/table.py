@@ -11,17 +11,19 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
-from biossl.config import EvalConfig
 from biossl.encoders.base import StageStack
 from biossl.evaluate.features import _encoder_device, extract_features, standardize
 from biossl.evaluate.knn import KNN_TEMPERATURE, knn_accuracy
 from biossl.evaluate.probe import PROBE_BATCH, few_label_epochs, few_label_probe, linear_probe
 from biossl.views.base import ViewRecipe
+
+if TYPE_CHECKING:  # the probe protocol's settings; evaluate itself does not depend on config
+    from biossl.config import EvalConfig
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biossl.config import ConfigError  # a ValueError: the encoder/rule pair is a config mistake
+from biossl.encoders.layers import activation
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.ELU, nn.GELU, nn.SiLU, nn.Identity)
@@ -190,11 +191,22 @@ class StageInverse(nn.Module):
         return h
 
 
+def check_out_activation(name: str) -> None:
+    """ValueError unless ``name`` is 'below' or an activation name."""
+    if name != "below":
+        try:
+            activation(name)
+        except ValueError as e:
+            raise ValueError(f"{e} (or 'below')") from None
+
+
 def build_inverse(stages: Sequence[nn.Module], index: int, bias: bool = True,
-                  out_activation: nn.Module | None = None) -> StageInverse:
-    """g for stage ``index`` (≥ 1); its output nonlinearity defaults to stage index−1's last one."""
+                  out_activation: str = "below") -> StageInverse:
+    """g for stage ``index`` (≥ 1); its output nonlinearity: 'below' — stage index−1's last
+    one — or an activation name."""
     if index < 1:
         raise ValueError("stage 0's input is the data: it has no target to propagate to")
     layers = invertible_layers(stages[index], index)
-    act = out_activation if out_activation is not None else last_activation(stages[index - 1])
+    check_out_activation(out_activation)
+    act = last_activation(stages[index - 1]) if out_activation == "below" else activation(out_activation)
     return StageInverse(layers, act, bias)

@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from biossl.encoders.layers import activation
-from biossl.feedback.inverse import build_inverse
+from biossl.feedback.inverse import build_inverse, check_out_activation
 from biossl.rules.base import check_finite, make_optimizer
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
@@ -84,11 +83,10 @@ class TargetsConfig:
     def validate(self) -> None:
         if self.inverse_warmup > 0 and self.inverse_steps == 0:
             raise ValueError("inverse_warmup needs inverse_steps ≥ 1")
-        if self.inverse_activation != "below":
-            try:
-                activation(self.inverse_activation)
-            except ValueError as e:
-                raise ValueError(f"inverse_activation: {e} (or 'below')") from None
+        try:
+            check_out_activation(self.inverse_activation)
+        except ValueError as e:
+            raise ValueError(f"inverse_activation: {e}") from None
 
 
 @dataclass
@@ -125,10 +123,9 @@ class Targets(Transport):
     def attach(self, rule) -> None:
         cfg = self.params
         stages = rule.encoder.stages
-        out_act = None if cfg.inverse_activation == "below" else activation(cfg.inverse_activation)
         # inverses[k][j] is g_l for l = span.start + 1 + j; a segment's bottom stage needs none.
         self.inverses = nn.ModuleList(
-            nn.ModuleList(build_inverse(stages, l, cfg.inverse_bias, copy.deepcopy(out_act))
+            nn.ModuleList(build_inverse(stages, l, cfg.inverse_bias, cfg.inverse_activation)
                           for l in list(span)[1:])
             for span in rule.spans)
         device = next(rule.encoder.parameters()).device
