@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 import biossl.compare as compare
 import biossl.train as train_mod
@@ -52,13 +53,25 @@ def test_shipped_suites_resolve_every_cell():
     import yaml
     from biossl.config import parse_override
     from biossl.rundir import flat_config, run_config_text
-    for name in ("fmnist-quick", "fmnist-long", "biossl-table1", "biossl-table2", "clapp-stl10"):
+    from biossl.assemble import build_rule, build_encoder
+    from biossl.config import SUITES_DIR
+    from biossl.registry import DATASETS, OBJECTIVES, VIEWS
+    names = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    assert {"fmnist-quick", "fmnist-long", "fmnist-new-pairs", "biossl-table1", "biossl-table2",
+            "clapp-stl10"} <= set(names)
+    for name in names:
         suite = load_suite(name)
         assert len({c.label for c in suite.cells}) == len(suite.cells), f"{name}: duplicate labels"
         for cell in suite.cells:
             seed = suite.seeds[-1]
             cfg = compare.cell_config(suite, cell, seed)
             assert cfg.name == cell.label and cfg.train.seed == seed
+            # the rule builds: its schedule × transport pair works and train.epochs fits it
+            spec = DATASETS.get(cfg.data.name).factory
+            recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
+            enc = build_encoder(cfg, recipe, spec, torch.device("cpu"))
+            shapes = enc.out_shapes(recipe.sample_shape(tuple(spec.image_shape)))
+            build_rule(cfg, enc, lambda i: OBJECTIVES.build(cfg.objective.name, cfg.objective.params, shapes[i]))
             recorded = flat_config(yaml.safe_load(run_config_text(cfg)))
             wanted = {}
             for item in suite.common + cell.overrides:
