@@ -11,6 +11,7 @@ from biossl.data.base import DatasetError, DatasetSpec, ImageSet
 from biossl.data.cifar import CIFAR10, CIFAR100
 from biossl.data.digits import Digits
 from biossl.data.idx import MNIST, FashionMNIST
+from biossl.data.speech.sources import EspeakSpeechLarge, EspeakSpeechSegments, LibriSpeechSegments
 from biossl.data.stl10 import STL10
 from biossl.registry import DATASETS
 
@@ -23,6 +24,12 @@ DATASETS.register("cifar100", CIFAR100,
 DATASETS.register("stl10", STL10,
                   summary="STL-10: 96×96 colour, 10 classes, 5k train / 8k test / 100k unlabeled (SSL)")
 DATASETS.register("digits", Digits, summary="sklearn digits: 8×8 gray, 10 classes, 1500 train / 297 test")
+DATASETS.register("espeak-speech", EspeakSpeechSegments,
+                  summary="speech made with espeak-ng: 20 voices, 1.6 s segments, 72 phones / 10 ms (generated once)")
+DATASETS.register("espeak-speech-large", EspeakSpeechLarge,
+                  summary="speech made with espeak-ng: 60 voices × 120 sentences, 1.6 s segments (generated once)")
+DATASETS.register("librispeech", LibriSpeechSegments,
+                  summary="LibriSpeech train-clean-100 + CPC/GIM splits and phones: 251 speakers, 41 phones, 1.6 s segments")
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -29,12 +29,14 @@ def check_label_range(labels, num_classes: int, path: Path) -> None:
 
 @dataclass
 class ImageSet:
-    """One split of an image dataset, kept as uint8 so that it stays small.
+    """One split of a dataset of fixed-size samples, kept small: uint8 images (N, C, H, W),
+    int16 waveform segments (N, C, T) or uint8 clips (N, C, T, H, W).
 
-    images: uint8 (N, C, H, W). May be a read-only-backed memory map (STL-10
-        unlabeled) or a non-contiguous view; index it in batches (``images[idx]``)
-        rather than copying it whole.
-    labels: int64 (N,), class ids in [0, num_classes), −1 where unlabeled.
+    images: the samples. May be a read-only-backed memory map (STL-10 unlabeled) or a
+        non-contiguous view; index it in batches (``images[idx]``) rather than copying it whole.
+    labels: int64 (N,), class ids in [0, num_classes), −1 where unlabeled (speech: speakers).
+    frame_labels: int64 (N, F) per-frame classes in [0, frame_classes), −1 where unknown
+        (speech: phones per 10 ms); None without frame labels.
     """
 
     images: Tensor
@@ -45,12 +47,18 @@ class ImageSet:
     source: str = ""
     """Where the images were read from (the directory holding the files), so that a run
     can record which copy of a dataset it saw; empty for data made in memory."""
+    frame_labels: Tensor | None = None
+    frame_classes: int = 0
 
     def __post_init__(self) -> None:
         # Checked once here so that no consumer has to guess dtype or layout.
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"{self.name}/{self.split}: images must be uint8 (N, C, H, W), got "
-                             f"{self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.dtype not in (torch.uint8, torch.int16) or not 3 <= self.images.dim() <= 5:
+            raise ValueError(f"{self.name}/{self.split}: images must be uint8 (N, C, H, W) / (N, C, T, H, W) "
+                             f"or int16 (N, C, T), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.frame_labels is not None and (self.frame_labels.dtype != torch.int64 or self.frame_labels.dim() != 2
+                                              or self.frame_labels.shape[0] != self.images.shape[0]):
+            raise ValueError(f"{self.name}/{self.split}: frame_labels must be int64 ({self.images.shape[0]}, F), "
+                             f"got {self.frame_labels.dtype} {tuple(self.frame_labels.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"{self.name}/{self.split}: labels must be int64 ({self.images.shape[0]},), "
                              f"got {self.labels.dtype} {tuple(self.labels.shape)}")
@@ -59,8 +67,8 @@ class ImageSet:
         return self.images.shape[0]
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (C, H, W) of an image, (C, T) of a waveform segment."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     @property
