@@ -173,7 +173,7 @@ def test_steps_are_capped_by_the_grid_and_pairs_use_one_step():
         obj(torch.randn(4 * 2 * 6, 3, dtype=torch.float64), grid_batch(rows=2))
     # a pairs batch is a two-row grid: view 2 is the future of view 1, one step (W_pred,1)
     pairs = ClappObjective(ClappConfig(sampling="both"), (3,))
-    assert set(ClappObjective.accepts_kinds) == {"grid", "pairs"}
+    assert set(ClappObjective.accepts_kinds) == {"grid", "sequence", "pairs"}
     v1, v2 = torch.randn(4, 3, generator=g, requires_grad=True), torch.randn(4, 3, generator=g)
     before = pairs.draw_state()
     loss = pairs(torch.cat([v1, v2]), ViewBatch(torch.zeros(8, 1, 2, 2), 4, "pairs"))

@@ -85,13 +85,26 @@ class RetroScore(torch.autograd.Function):
         gz = gc = gw = gb = None
         if ctx.needs_input_grad[0]:
             gz = g.unsqueeze(-1) * pred
+        # Σ_j g_j z_j once, then one matmul each: W_retro (Σ g z) and (Σ g z) cᵀ
+        zg = (g.unsqueeze(-1) * z).sum(0)                             # (n, P, D)
         if ctx.needs_input_grad[1]:
-            gc = torch.einsum("jnp,jnpc->npc", g, z @ b.t())   # Σ_j g · W_retro z
+            gc = zg @ b.t()                                          # Σ_j g · W_retro z
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            hebb = torch.einsum("jnp,jnpd,npc->dc", g, z, c)
+            hebb = zg.reshape(-1, zg.shape[-1]).t() @ c.reshape(-1, c.shape[-1])
             gw = hebb if ctx.needs_input_grad[2] else None
             gb = hebb.t() if ctx.needs_input_grad[3] else None
         return gz, gc, gw, gb
+
+
+def gather_futures(z_flat: Tensor, index: Tensor) -> Tensor:
+    """z_flat (M, D) rows at ``index`` (1 + J, n, P) → (1 + J, n, P, D). index_select's
+    backward is an index_add (no sort), unlike advanced indexing's."""
+    return z_flat.index_select(0, index.flatten()).view(*index.shape, z_flat.shape[-1])
+
+
+def score(zs: Tensor, c: Tensor, w: Tensor) -> Tensor:
+    """u = zᵀ W c for every future in zs (1 + J, n, P, D), contexts c (n, P, C): W c once."""
+    return (zs * (c @ w.t())).sum(-1)
 
 
 @dataclass
@@ -285,15 +298,15 @@ class ClappObjective(PredictiveObjective):
             c, z = context_future(grid, off)
             p = c.shape[1]
             z_flat = z.reshape(-1, z.shape[-1])
-            zs = z_flat[d.index.to(grid.device)]                       # (1 + J, n, P, C)
+            zs = gather_futures(z_flat, d.index.to(grid.device))      # (1 + J, n, P, C)
             if self.w_retro is None:
-                u = torch.einsum("jnpd,dc,npc->jnp", zs, self.w_pred[t], c)
+                u = score(zs, c, self.w_pred[t])
             elif dm is None:
                 u = RetroScore.apply(zs, c, self.w_pred[t], self.w_retro[t])
             else:  # official asymmetric form: L(u) with c detached + L(u′) with z detached
-                u = torch.einsum("jnpd,dc,npc->jnp", zs, self.w_pred[t], c.detach())
-                zm = z_flat.detach()[dm.index.to(grid.device)]
-                u_mirror = torch.einsum("jnpd,cd,npc->jnp", zm, self.w_retro[t], c)
+                u = score(zs, c.detach(), self.w_pred[t])
+                zm = gather_futures(z_flat.detach(), dm.index.to(grid.device))
+                u_mirror = score(zm, c, self.w_retro[t].t())         # u′ = cᵀ W_retro z
                 total = total + self._hinge_sum(u_mirror, dm, p, len(steps))
             total = total + self._hinge_sum(u, d, p, len(steps))
         return total
@@ -347,27 +360,27 @@ class ClappObjective(PredictiveObjective):
             idx = d.index.to(grid.device)
             w = self.w_pred[t]
             pred = c @ w.t()                                         # W_pred c  (n, P, D)
-            zs = z_flat[idx]                                         # (1 + J, n, P, D)
+            zs = gather_futures(z_flat, idx)                         # (1 + J, n, P, D)
             u = (zs * pred).sum(-1)                                  # (1 + J, n, P)
             step_loss, mod = self._modulation(u, d, p, len(steps))   # mod = −∂L/∂u
             loss = loss + step_loss
             # future side: each future that served (positive or negative) gets mod·W_pred c
             dz = torch.zeros_like(z_flat).index_add_(0, idx.flatten(), (mod.unsqueeze(-1) * pred).flatten(0, 2))
-            hebb = torch.einsum("jnp,jnpd,npc->dc", mod, zs, c)      # Σ γ z cᵀ
+            zg = (mod.unsqueeze(-1) * zs).sum(0)                     # Σ_j γ z  (n, P, D)
+            hebb = zg.reshape(-1, ch).t() @ c.reshape(-1, ch)        # Σ γ z cᵀ
             grad_w[t] -= hebb
             if dm is None:  # one score: the context's signal is gated by the same γ
-                retro = z_flat @ (w if self.w_retro is None else self.w_retro[t].t())  # W_retro z per future
-                dc = torch.einsum("jnp,jnpc->npc", mod, retro[idx])
+                dc = zg @ (w if self.w_retro is None else self.w_retro[t].t())  # Σ_j γ W_retro z
                 if grad_b is not None:
                     grad_b[t] -= hebb.t()
             else:  # mirror loss L(u′), u′ = cᵀ W_retro z: its own draws, γ′ and Hebbian product
-                zm = z_flat[dm.index.to(grid.device)]
-                retro_z = zm @ self.w_retro[t].t()                    # W_retro z  (1 + J, n, P, C)
-                u_m = (retro_z * c).sum(-1)
+                zm = gather_futures(z_flat, dm.index.to(grid.device))
+                u_m = (zm * (c @ self.w_retro[t])).sum(-1)           # u′ = cᵀ W_retro z
                 m_loss, mod_m = self._modulation(u_m, dm, p, len(steps))
                 loss = loss + m_loss
-                dc = torch.einsum("jnp,jnpc->npc", mod_m, retro_z)
-                grad_b[t] -= torch.einsum("jnp,npc,jnpd->cd", mod_m, c, zm)   # Σ γ′ c zᵀ
+                zg_m = (mod_m.unsqueeze(-1) * zm).sum(0)              # Σ_j γ′ z  (n, P, D)
+                dc = zg_m @ self.w_retro[t].t()
+                grad_b[t] -= c.reshape(-1, ch).t() @ zg_m.reshape(-1, ch)   # Σ γ′ c zᵀ
             g_view = grad_grid[:, : rows - off].view(n, -1, ch)
             g_view -= dc.view_as(g_view)
             f_view = grad_grid[:, off:]

@@ -26,7 +26,9 @@ def infonce_scores(pred: Tensor, z: Tensor, neg_idx: Tensor) -> Tensor:
     pred, z: (M, D) predictions W c and futures; neg_idx: (M, J) rows of z.
     """
     pos = (z * pred).sum(-1, keepdim=True)
-    neg = torch.einsum("mjd,md->mj", z[neg_idx], pred)
+    # index_select: its backward is an index_add (advanced indexing's sorts the indices)
+    zn = z.index_select(0, neg_idx.flatten()).view(*neg_idx.shape, z.shape[-1])
+    neg = torch.bmm(zn, pred.unsqueeze(-1)).squeeze(-1)
     return torch.cat([pos, neg], dim=1)
 
 
