@@ -78,7 +78,10 @@ def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     spec = DATASETS.get(cfg.data.name).factory
-    recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
+    try:
+        recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
+    except ValueError as e:  # the recipe does not fit the dataset's samples: a config mistake
+        raise ConfigError(f"views: {e}") from None
     obj_cls = OBJECTIVES.get(cfg.objective.name).factory
     accepts = obj_cls.accepts_kinds
     if recipe.kind not in accepts:

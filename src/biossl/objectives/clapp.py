@@ -265,7 +265,7 @@ class ClappObjective(PredictiveObjective):
     # ---- loss (autograd) -----------------------------------------------------------------
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         self._check_batch(batch)
-        grid = vector_grid(patch_vectors(h), batch)
+        grid = vector_grid(patch_vectors(h, batch), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
         return self.loss_from(grid, steps, self.draw(batch.n, self.positions(grid, steps)))
 
@@ -310,7 +310,7 @@ class ClappObjective(PredictiveObjective):
         backward spreads the patch error evenly over the stage's spatial output.
         """
         self._check_batch(batch)
-        grid = vector_grid(patch_vectors(h), batch)
+        grid = vector_grid(patch_vectors(h, batch), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
         draws = self.draw(batch.n, self.positions(grid, steps))
         loss, grad_grid, grad_w, grad_b = self.explicit_from(grid, steps, draws)
@@ -318,7 +318,7 @@ class ClappObjective(PredictiveObjective):
             if isinstance(p, nn.Parameter) and g is not None:
                 p.grad = g if p.grad is None else p.grad + g
         grad_v = self._grid_to_rows(grad_grid, batch)
-        return loss, spread_to_output(grad_v, h.shape).to(h.dtype)
+        return loss, spread_to_output(grad_v, h.shape, batch).to(h.dtype)
 
     @staticmethod
     def _grid_to_rows(grad_grid: Tensor, batch: ViewBatch) -> Tensor:

@@ -62,7 +62,7 @@ class InfoNCEObjective(PredictiveObjective):
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         self._check_batch(batch)
-        grid = vector_grid(patch_vectors(h), batch)
+        grid = vector_grid(patch_vectors(h, batch), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
         total = grid.new_zeros(())
         for t, off in steps:

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Kind = Literal["plain", "pairs", "grid"]
+Kind = Literal["plain", "pairs", "grid", "sequence"]
 
 
 @dataclass
@@ -25,14 +25,16 @@ class ViewBatch:
     kind: Kind
     """'plain': M = n unaugmented images (evaluation).
     'pairs': M = 2n; rows [0, n) are first views, rows [n, 2n) second views of the same images.
-    'grid':  M = n·rows·cols patches, image-major then row-major over the patch grid."""
+    'grid':  M = n·rows·cols patches, image-major then row-major over the patch grid.
+    'sequence': M = n sequences (audio crops, clips); the encoder's outputs keep a time axis
+    (dim 2) whose steps play the role of a grid's rows."""
     grid: tuple[int, int] | None = None
     """(rows, cols) of the patch grid for kind 'grid'."""
 
     def __post_init__(self) -> None:
         m = self.x.shape[0]
-        if self.kind == "plain" and m != self.n:
-            raise ValueError(f"plain ViewBatch: {m} rows for n={self.n}")
+        if self.kind in ("plain", "sequence") and m != self.n:
+            raise ValueError(f"{self.kind} ViewBatch: {m} rows for n={self.n}")
         if self.kind == "pairs" and m != 2 * self.n:
             raise ValueError(f"pairs ViewBatch: {m} rows, expected 2n={2 * self.n}")
         if self.kind == "grid":
