@@ -11,11 +11,12 @@ import torch
 from biossl.config import EvalConfig, RunConfig, apply_overrides, build_config
 from biossl.data.speech import AudioSet, mfcc_frames
 from biossl.encoders.convstack import ConvStackConfig, convstack
+from biossl.encoders.gim_audio import GimAudioConfig, gim_audio
 from biossl.evaluate import (ProbeRow, evaluate_encoder, evaluate_mfcc, format_table, frame_pool,
                              mfcc_stage, select_frames, write_csv)
 from biossl.suite_report import csv_record, format_markdown
 from biossl.suite_result import CellResult, SuiteRow
-from biossl.views.base import ViewRecipe
+from biossl.views.audio import AudioCropConfig, AudioCrops
 from biossl.views.batch import ViewBatch
 
 SR, HOP = 16_000, 160
@@ -25,11 +26,9 @@ LOUDNESS = (0.05, 0.2, 0.8)
 """Speaker s speaks at amplitude LOUDNESS[s]."""
 
 
-class WaveRecipe(ViewRecipe):
-    """Evaluation input of int16 waveforms as the audio recipes give it: float (n, 1, T) in [-1, 1)."""
-
-    def eval_batch(self, x):
-        return ViewBatch(x.float() / 32768, x.shape[0], "plain")
+def audio_recipe(samples: int) -> AudioCrops:
+    """The audio view recipe; its evaluation input is the whole segment, float (n, 1, T) in [-1, 1)."""
+    return AudioCrops(AudioCropConfig(crop=1600), (1, samples))
 
 
 def tones(n: int, frames: int, seed: int):
@@ -106,8 +105,8 @@ def test_tone_frames_are_read_out_by_mfcc_and_by_a_conv_bank():
     xte, ste, fte = tones(40, 40, 1)
     frames = dict(train_frames=ftr, test_frames=fte, frame_classes=len(TONES), frame_name="tone")
     mfcc = evaluate_mfcc("mfcc", xtr, str_, xte, ste, CFG, len(LOUDNESS), progress=False, **frames)
-    enc = evaluate_encoder(conv_bank(), "random-init", xtr, str_, xte, ste, WaveRecipe(), CFG, len(LOUDNESS),
-                           progress=False, **frames)
+    enc = evaluate_encoder(conv_bank(), "random-init", xtr, str_, xte, ste, audio_recipe(xtr.shape[-1]), CFG,
+                           len(LOUDNESS), progress=False, **frames)
     assert [(r.stage, r.dim) for r in mfcc] == [(1, 13)] and [(r.stage, r.dim) for r in enc] == [(1, 16), (2, 16)]
     assert mfcc[0].frames > 95                                   # the tone is in every frame's spectrum
     assert max(r.frames for r in enc) > 90
@@ -134,20 +133,21 @@ def test_frame_path_keeps_the_pooled_probes_of_the_plain_path():
     xtr, str_, ftr = tones(60, 20, 2)
     xte, ste, fte = tones(30, 20, 3)
     cfg = EvalConfig(probe_epochs=5, knn_k=5, few_labels=10, batch_size=32, max_frames=500)
-    plain = evaluate_encoder(conv_bank(1), "e", xtr, str_, xte, ste, WaveRecipe(), cfg, 3, progress=False)
-    framed = evaluate_encoder(conv_bank(1), "e", xtr, str_, xte, ste, WaveRecipe(), cfg, 3, progress=False,
+    recipe = audio_recipe(xtr.shape[-1])
+    plain = evaluate_encoder(conv_bank(1), "e", xtr, str_, xte, ste, recipe, cfg, 3, progress=False)
+    framed = evaluate_encoder(conv_bank(1), "e", xtr, str_, xte, ste, recipe, cfg, 3, progress=False,
                               train_frames=ftr, test_frames=fte, frame_classes=4)
     for a, b in zip(plain, framed):
         assert (a.probe, a.knn, a.few_label, a.dim) == pytest.approx((b.probe, b.knn, b.few_label, b.dim))
         assert math.isnan(a.frames) and 0 <= b.frames <= 100
         assert "500 train / 480 test labelled frames" in b.protocol
     # a recipe whose evaluation input is not one sequence per sample cannot be frame-probed
-    class Grid(WaveRecipe):
+    class Grid(AudioCrops):
         def eval_batch(self, x):
             return ViewBatch(x.float().repeat(4, 1, 1), x.shape[0], "grid", (2, 2))
     with pytest.raises(ValueError, match="'grid'"):
-        evaluate_encoder(conv_bank(1), "e", xtr, str_, xte, ste, Grid(), cfg, 3, progress=False,
-                         train_frames=ftr, test_frames=fte, frame_classes=4)
+        evaluate_encoder(conv_bank(1), "e", xtr, str_, xte, ste, Grid(AudioCropConfig(crop=1600), (1, 3200)),
+                         cfg, 3, progress=False, train_frames=ftr, test_frames=fte, frame_classes=4)
 
 
 # --------------------------------------------------------------------------- tables
@@ -212,13 +212,13 @@ def test_espeak_speech_phones_and_speakers(espeak_test_split):
               frame_name="phone", progress=False)
     mfcc = evaluate_mfcc("mfcc", x[tr], y[tr], x[te], y[te], cfg, data.num_classes, **kw)
     torch.manual_seed(0)
-    enc = convstack(ConvStackConfig(channels=[4, 8], pool=[True, True], kernel=5, dims=1), 1)
-    rows = evaluate_encoder(enc, "random-init", x[tr], y[tr], x[te], y[te], WaveRecipe(), cfg,
+    enc = gim_audio(GimAudioConfig(channels=8), 1)      # GIM's strides: stage 5 has one step per frame
+    rows = evaluate_encoder(enc, "random-init", x[tr], y[tr], x[te], y[te], audio_recipe(x.shape[-1]), cfg,
                             data.num_classes, **kw)
     test_phones = f[te][f[te] >= 0]
     majority = 100 * torch.bincount(test_phones).max().item() / test_phones.numel()
     assert mfcc[0].frames > majority + 10
-    assert [(r.stage, r.dim) for r in rows] == [(1, 4), (2, 8)]
+    assert [(r.stage, r.dim) for r in rows] == [(s, 8) for s in range(1, 6)]
     for r in mfcc + rows:
         assert 0 <= r.probe <= 100 and 0 <= r.knn <= 100 and 0 <= r.frames <= 100
         assert "20000 train" in r.protocol and "160-frame label grid" in r.protocol

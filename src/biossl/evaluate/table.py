@@ -130,7 +130,7 @@ def evaluate_encoder(encoder: StageStack, label: str, train_images: Tensor, trai
     if train_frames is not None and test_frames is not None and frame_classes > 0:
         def stages(xb: Tensor) -> list[Tensor]:
             vb = recipe.eval_batch(xb.to(device, non_blocking=True))
-            if vb.kind != "plain":
+            if vb.kind not in ("plain", "sequence"):
                 raise ValueError(f"frame probe: the view recipe's evaluation input is {vb.kind!r}; "
                                  f"frame labels need one 'plain' sequence per sample")
             return encoder(vb.x)
