@@ -241,3 +241,23 @@ def test_suite_mfcc_cell_probes_the_speech_dataset(tmp_path, espeak_test_split):
     # the row depends on the data and the probe, not on the encoder: a changed encoder reuses it
     other = build_config(apply_overrides(cfg.to_dict(), ["encoder.channels=[4,4,4]"]))
     assert run_cell(other, tmp_path / "mfcc", trained=False, baseline="mfcc").rows[0].frames == res.rows[0].frames
+
+
+def test_speech_suite_has_one_mfcc_row_and_phone_columns(tmp_path, espeak_test_split):
+    from biossl.compare import Cell, Suite, run_suite
+    common = ["data.name=espeak-speech", "views.name=audio-crops", "views.crop=3200", "encoder.name=gim-audio",
+              "encoder.channels=8", "objective.name=clapp", "schedule.name=simultaneous", "train.epochs=1",
+              "train.batch_size=8", "train.max_steps_per_epoch=2", "train.threads=1", "train.device=cpu",
+              "eval.max_train=160", "eval.max_test=60", "eval.max_frames=3000", "eval.probe_epochs=2",
+              "eval.few_labels=0", "eval.batch_size=40"]
+    suite = Suite(name="speech-tiny", seeds=[0], common=common, cells=[Cell("clapp", "fmnist-bp-hinge")])
+    rows = run_suite(suite, tmp_path, progress=False)
+    assert sorted(r.label for r in rows) == ["clapp", "mfcc", "random-init (gim-audio, audio-crops)"]
+    mfcc = next(r for r in rows if r.label == "mfcc")
+    assert (mfcc.n_stages, mfcc.encoder, mfcc.trained) == (1, "mfcc", False)
+    md = (tmp_path / "results.md").read_text()
+    assert "| probe s5 | phone s1 | phone s2 | phone s3 | phone s4 | phone s5 | Δ top vs random |" in md
+    assert "| mfcc | none | — |" in md
+    head = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert "frames_s5" in head and (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "cells" / "baseline-mfcc-s0" / "result.json").is_file()

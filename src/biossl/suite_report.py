@@ -169,8 +169,8 @@ def write_csv(rows: list[SuiteRow], path: Path) -> None:
 # --------------------------------------------------------------------------- plot
 def plot(rows: list[SuiteRow], path: Path, title: str, frame_name: str = "frame") -> None:
     """One panel per view recipe (each family has its own random-init row, drawn dashed; the
-    MFCC baseline, if any, is drawn dotted in every panel); with frame probes, a second row
-    of panels shows them."""
+    MFCC baseline, if any, is a dotted level line in every panel); with frame probes, a second
+    row of panels shows them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -191,14 +191,14 @@ def plot(rows: list[SuiteRow], path: Path, title: str, frame_name: str = "frame"
                 xs = list(range(1, r.n_stages + 1))
                 ys = [r.stat(metric, s)[0] for s in xs]
                 err = [r.stat(metric, s)[1] for s in xs]
-                if is_shared(r):
-                    ax.errorbar(xs, ys, yerr=err, fmt="o:", color="0.4", lw=2, label=r.label, capsize=3)
+                if is_shared(r):   # one feature set, not a stack: a level line across the stages
+                    ax.axhline(ys[-1], ls=":", color="0.4", lw=2, label=r.label)
                 elif not r.trained:
                     ax.errorbar(xs, ys, yerr=err, fmt="k--", lw=2.5, label=r.label, capsize=3)
                 else:
                     ax.errorbar(xs, ys, yerr=err, fmt="-o", color=cmap(k % 20), label=r.label,
                                 capsize=3, markersize=4)
-            ax.set_xticks(range(1, max(r.n_stages for r in mine + shared) + 1))
+            ax.set_xticks(range(1, max(r.n_stages for r in mine) + 1))
             ax.set_xlabel("stage")
             ax.set_ylabel(ylabel)
             ax.set_title(f"{title}{suffix} — views: {fam}", fontsize=10)
