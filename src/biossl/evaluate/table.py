@@ -123,7 +123,7 @@ def evaluate_encoder(encoder: StageStack, label: str, train_images: Tensor, trai
     With ``train_frames`` / ``test_frames`` (int64 (N, F), −1 = unknown; e.g. speech
     waveforms (N, 1, T) with phones per 10 ms) and ``frame_classes`` > 0, every stage also
     gets the frame-level probe of :func:`evaluate_stages` (the recipe's evaluation input
-    must then be one sequence per sample, 'plain' or 'sequence', and every stage output (n, C, T_s))).
+    must then be one sequence per sample, 'plain' or 'sequence', and every stage output (n, C, T_s)).
     Returns one :class:`ProbeRow` per stage, bottom to top.
     """
     device = torch.device(device) if device is not None else _encoder_device(encoder)
