@@ -13,6 +13,8 @@ A suite is a YAML file (the packaged ones: ``biossl/configs/suites/``)::
 Each (cell, seed) trains into ``OUT/cells/LABEL-sSEED`` and records ``result.json`` there;
 a finished cell is read back, never re-run, and an interrupted one resumes from its
 checkpoint. The random-init encoder is probed once per distinct (encoder, views, seed).
+When a cell probes waveforms (speech, samples (1, T)) and ``eval.mfcc`` is on, the suite
+adds one MFCC baseline row (``mfcc``, per seed; it depends on no encoder).
 
 A cell's result is a typed :class:`~biossl.suite_result.CellResult` (the probe's ProbeRows
 per stage); the rows of the table are :class:`~biossl.suite_result.SuiteRow` (a label over
@@ -33,6 +35,8 @@ from biossl.assemble import resolve_device
 from biossl.checkpoint import write_text_atomic
 from biossl.config import (SUITES_DIR, ConfigError, RunConfig, apply_overrides, build_config, from_dict,
                            load_raw)
+from biossl.data import get_spec
+from biossl.evaluate import MFCC_LABEL, is_waveform
 from biossl.measure import peak_bytes, reset_peak
 from biossl.naming import UNTRAINED, rule_name
 from biossl.registry import OBJECTIVES, SCHEDULES, TRANSPORTS
@@ -113,6 +117,15 @@ def cell_config(suite: Suite, cell: Cell, seed: int) -> RunConfig:
 
 RANDOM_INIT_KEYS = ("data.", "views.", "encoder.", "eval.", "train.seed")
 """What a random-init row depends on (its config is borrowed from the family's first cell)."""
+MFCC_KEYS = ("data.", "eval.", "train.seed")
+"""What the MFCC row depends on (its config is borrowed from the first waveform cell)."""
+RANDOM_INIT = "random-init"
+"""``evaluate_run``'s name of the random-init baseline."""
+
+
+def probes_waveforms(cfg: RunConfig) -> bool:
+    """True when ``cfg`` probes a waveform dataset (samples (1, T)) with ``eval.mfcc`` on."""
+    return cfg.eval.mfcc and is_waveform(tuple(get_spec(cfg.eval.dataset or cfg.data.name).image_shape))
 
 
 def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | None = None) -> None:
@@ -144,19 +157,24 @@ def add_transfer(res: CellResult, cell_dir: Path, datasets: list[str], trained: 
         if ds in res.transfer:
             continue
         rows = evaluate_run(cell_dir, [f"eval.dataset={ds}"] + (["eval.random_init=false"] if trained else []),
-                            trained=trained)
+                            trained=trained, baselines=() if trained else (RANDOM_INIT,))
         res.transfer[ds] = _encoder_rows(rows)
         grew = True
     return grew
 
 
-def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: list[str] = ()) -> CellResult:
+def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: list[str] = (),
+             baseline: str = RANDOM_INIT) -> CellResult:
     """Train (or resume) and probe one cell (also on each ``transfer`` dataset); returns and
-    stores its result (``result.json``)."""
+    stores its result (``result.json``). Not ``trained``: probe the ``baseline`` row instead
+    ('random-init', or 'mfcc': MFCC features, no encoder, no transfer)."""
     from biossl.run_eval import evaluate_run
     from biossl.train import train  # looked up per call (tests replace it)
     result_path = cell_dir / "result.json"
-    check_same_config(cfg, cell_dir, None if trained else RANDOM_INIT_KEYS)
+    mfcc = not trained and baseline == MFCC_LABEL
+    if mfcc:
+        transfer = ()
+    check_same_config(cfg, cell_dir, None if trained else MFCC_KEYS if mfcc else RANDOM_INIT_KEYS)
     if result_path.is_file():
         res = CellResult.from_json(json.loads(result_path.read_text()))
         if add_transfer(res, cell_dir, list(transfer), trained):
@@ -174,10 +192,12 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: lis
         save_run_config(cfg, cell_dir)
     peak = max(0, peak_bytes(device) - base) / 2**20
     # the suite probes random-init encoders once per (encoder, views, seed), not per cell
-    rows = evaluate_run(cell_dir, ["eval.random_init=false"] if trained else [], trained=trained)
+    rows = evaluate_run(cell_dir, ["eval.random_init=false"] if trained else [], trained=trained,
+                        baselines=() if trained else (baseline,))
     res = CellResult(label=cfg.name, seed=cfg.train.seed, rule=rule_name(cfg) if trained else UNTRAINED,
-                     objective=cfg.objective.name if trained else "—", encoder=cfg.encoder.name,
-                     views=cfg.views.name, rows=_encoder_rows(rows),
+                     objective=cfg.objective.name if trained else "—",
+                     encoder=MFCC_LABEL if mfcc else cfg.encoder.name,
+                     views="—" if mfcc else cfg.views.name, rows=_encoder_rows(rows),
                      images_seen=summary.get("steps", 0) * cfg.train.batch_size,
                      train_seconds=summary.get("train_seconds", 0.0),
                      images_per_s=summary.get("images_per_s", float("nan")),
@@ -192,6 +212,8 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[SuiteRow]:
     groups: dict[str, list[CellResult]] = {}
     plaus: dict[str, dict] = {}
     randoms: dict[str, tuple[RunConfig, list[int]]] = {}
+    mfcc_cfg: RunConfig | None = None   # the first cell that probes waveforms
+    frame_names: set[str] = set()
     protocols: list[str] = []
     plan = [(c, s) for c in suite.cells for s in suite.seeds]
     for i, (cell, seed) in enumerate(plan):
@@ -211,6 +233,9 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[SuiteRow]:
         seeds = randoms.setdefault(key, (cfg, []))[1]
         if seed not in seeds:
             seeds.append(seed)
+        if mfcc_cfg is None and probes_waveforms(cfg):
+            mfcc_cfg = cfg
+        frame_names.add(get_spec(cfg.eval.dataset or cfg.data.name).frame_name)
     for key, (cfg, seeds) in randoms.items():
         for seed in seeds:
             rcfg = build_config(apply_overrides(cfg.to_dict(), [f"train.seed={seed}", f"name={key}"]))
@@ -219,13 +244,26 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[SuiteRow]:
                 print(f"[random] {key} seed {seed}: "
                       f"{'finished' if (rdir / 'result.json').is_file() else 'running'}", flush=True)
             groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False, transfer=suite.transfer))
+    if mfcc_cfg is not None:
+        if MFCC_LABEL in groups:
+            raise ConfigError(f"suite {suite.name}: a cell is labelled {MFCC_LABEL!r}, the label of the MFCC "
+                              f"baseline row; rename the cell (or set eval.mfcc=false)")
+        for seed in suite.seeds:
+            mcfg = build_config(apply_overrides(mfcc_cfg.to_dict(), [f"train.seed={seed}", f"name={MFCC_LABEL}"]))
+            mdir = out / "cells" / f"baseline-{MFCC_LABEL}-s{seed}"
+            if progress:
+                print(f"[baseline] {MFCC_LABEL} seed {seed}: "
+                      f"{'finished' if (mdir / 'result.json').is_file() else 'running'}", flush=True)
+            groups.setdefault(MFCC_LABEL, []).append(run_cell(mcfg, mdir, trained=False, baseline=MFCC_LABEL))
     rows = group_rows(groups, plaus)
     for r in rows:
         r.top_gain_vs_random = top_gain(r, rows)
     rows.sort(key=lambda r: (r.trained, r.label))
-    write_text_atomic(format_markdown(suite, rows, protocols), out / "results.md")
+    # the frame probe's header word ('phone' for speech) when every cell probes the same kind
+    frame_name = frame_names.pop() if len(frame_names) == 1 else "frame"
+    write_text_atomic(format_markdown(suite, rows, protocols, frame_name), out / "results.md")
     write_csv(rows, out / "results.csv")
-    plot(rows, out / "results.png", f"{suite.name}: per-stage linear probe")
+    plot(rows, out / "results.png", f"{suite.name}: per-stage linear probe", frame_name)
     return rows
 
 

@@ -122,6 +122,14 @@ class EvalConfig:
     """Images per forward pass when extracting features."""
     random_init: bool = True
     """Also probe the random-init encoder (same seed, same protocol)."""
+    max_frames: PositiveInt | None = 100_000
+    """Frame-level probe (datasets with frame labels, e.g. speech phones per 10 ms): use at
+    most N labelled frames per split, drawn uniformly with a generator seeded by train.seed
+    (None: all). Bounds its memory (N × the summed channels of all stages × 4 bytes per
+    split) and its time."""
+    mfcc: bool = True
+    """Waveform datasets (samples (1, T)): add an MFCC baseline row 'mfcc' next to random
+    init (13 MFCCs per 10 ms frame, librosa; probed like one encoder stage)."""
 
 
 @dataclass

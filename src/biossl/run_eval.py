@@ -18,7 +18,8 @@ from biossl.checkpoint import load, write_text_atomic
 from biossl.config import ConfigError, RunConfig, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.data.resize import fit_images, resize_note
-from biossl.evaluate import ProbeRow, evaluate_encoder, format_table, plot_rows, write_csv
+from biossl.evaluate import (MFCC_LABEL, ProbeRow, evaluate_encoder, evaluate_mfcc, format_table,
+                             is_waveform, plot_rows, write_csv)
 from biossl.naming import encoder_label
 from biossl.registry import VIEWS, load_all
 from biossl.rundir import CHECKPOINT, config_changes, load_run_config
@@ -77,24 +78,45 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+RANDOM_INIT = "random-init"
+"""Row label (and ``baselines`` name) of the random-init encoder."""
+
+
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
-                 trained: bool = True) -> list[ProbeRow]:
-    """Probe the run's trained encoder (``trained``) and/or its random-init encoder per stage;
-    writes the probe table (``probe_stem``) and returns its rows."""
+                 trained: bool = True, baselines: tuple[str, ...] | None = None) -> list[ProbeRow]:
+    """Probe the run's trained encoder (``trained``) and its baseline rows per stage; writes
+    the probe table (``probe_stem``) and returns its rows.
+
+    baselines: which baseline rows to add, from ``'random-init'`` (the encoder at its random
+    init, same seed) and ``'mfcc'`` (the MFCC features of a waveform dataset, one stage).
+    None: as the config says — random init when ``eval.random_init`` (or when not
+    ``trained``), MFCC when ``eval.mfcc`` and the probe dataset holds waveforms (1, T).
+    With frame labels (speech: phones) every row also gets the frame-level probe."""
     run_dir = Path(run_dir)
     base, cfg = _eval_configs(run_dir, overrides)
     train_spec, recipe, device = probe_parts(cfg)
     rows = []
     dataset = cfg.eval.dataset or cfg.data.name
     spec = get_spec(dataset)
+    if baselines is None:
+        baselines = ((RANDOM_INIT,) if cfg.eval.random_init or not trained else ()) + \
+            ((MFCC_LABEL,) if cfg.eval.mfcc and is_waveform(tuple(spec.image_shape)) else ())
+    unknown = set(baselines) - {RANDOM_INIT, MFCC_LABEL}
+    if unknown:
+        raise ValueError(f"unknown baseline rows {sorted(unknown)}; known: {RANDOM_INIT}, {MFCC_LABEL}")
+    if MFCC_LABEL in baselines and not is_waveform(tuple(spec.image_shape)):
+        raise ConfigError(f"the MFCC baseline needs waveforms (1, T); {dataset} has samples of shape "
+                          f"{tuple(spec.image_shape)}: set eval.mfcc=false")
     train = load_dataset(dataset, spec.probe_train_split, root=cfg.data.root, download=cfg.data.download)
     test = load_dataset(dataset, spec.test_split, root=cfg.data.root, download=cfg.data.download)
-    tr_x, tr_y = train.images, train.labels
-    te_x, te_y = test.images, test.labels
+    tr_x, tr_y, tr_f = train.images, train.labels, train.frame_labels
+    te_x, te_y, te_f = test.images, test.labels, test.frame_labels
     if cfg.eval.max_train:
         tr_x, tr_y = tr_x[: cfg.eval.max_train], tr_y[: cfg.eval.max_train]
+        tr_f = tr_f[: cfg.eval.max_train] if tr_f is not None else None
     if cfg.eval.max_test:
         te_x, te_y = te_x[: cfg.eval.max_test], te_y[: cfg.eval.max_test]
+        te_f = te_f[: cfg.eval.max_test] if te_f is not None else None
     note = ""
     shape = tuple(train_spec.image_shape)
     if tuple(spec.image_shape) != shape:
@@ -107,8 +129,13 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
         except ValueError as e:
             raise ConfigError(f"cannot probe {dataset} with an encoder trained on {cfg.data.name}: {e}") from None
         note = resize_note(spec.image_shape, shape)
+    # the frame probe runs where the dataset has frame labels (speech: phones per 10 ms)
+    frames = dict(train_frames=tr_f, test_frames=te_f, frame_classes=train.frame_classes,
+                  frame_name=spec.frame_name)
+    show = True if progress is None else progress
     encoders, budgets, untrained = [], {}, ""
-    random_init = build_encoder(cfg, recipe, train_spec, device)
+    random_init = (build_encoder(cfg, recipe, train_spec, device)
+                   if trained or RANDOM_INIT in baselines else None)
     if trained:
         encoder, state = trained_encoder(run_dir, cfg, recipe, train_spec, device)
         step = state["global_step"]
@@ -119,22 +146,26 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
                          f"them yet: train longer); its rows equal random init.")
             print(untrained, file=sys.stderr)
         encoders.append((encoder_label(cfg), encoder, step * cfg.train.batch_size))
-    if cfg.eval.random_init or not trained:
-        encoders.append(("random-init", random_init, 0))
+    if RANDOM_INIT in baselines:
+        encoders.append((RANDOM_INIT, random_init, 0))
     for label, enc, seen in encoders:
         rows += evaluate_encoder(enc, label, tr_x, tr_y, te_x, te_y, recipe, cfg.eval,
-                                 spec.num_classes, device, seed=cfg.train.seed,
-                                 progress=True if progress is None else progress)
+                                 spec.num_classes, device, seed=cfg.train.seed, progress=show, **frames)
         budgets[label] = seen
+    if MFCC_LABEL in baselines:
+        # the raw int16 segments, whatever the training shape (MFCCs need no encoder)
+        rows += evaluate_mfcc(MFCC_LABEL, train.images[: len(tr_y)], tr_y, test.images[: len(te_y)], te_y,
+                              cfg.eval, spec.num_classes, device, seed=cfg.train.seed, progress=show, **frames)
     if note:
         for r in rows:
             r.protocol = f"{r.protocol} | {dataset} {note}"
     out = _stem(run_dir, base, cfg)
     write_csv(rows, out.with_suffix(".csv"))
-    table = format_table(rows)
+    table = format_table(rows, spec.frame_name)
     budget = "; ".join(f"{k}: {v} images seen in SSL" for k, v in budgets.items())
     warn = f"{untrained}\n\n" if untrained else ""
-    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\n{warn}Budget — {budget}.\n\n{table}\n",
+    head = f"Budget — {budget}.\n\n" if budgets else ""
+    write_text_atomic(f"# {cfg.name}: probe on {dataset}\n\n{warn}{head}{table}\n",
                       out.with_suffix(".md"))
-    plot_rows(rows, out.with_suffix(".png"))
+    plot_rows(rows, out.with_suffix(".png"), spec.frame_name)
     return rows

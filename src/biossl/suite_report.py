@@ -1,5 +1,9 @@
 """A suite's outputs from its SuiteRows: the markdown table (with the plausibility verdict
-and one transfer table per transfer dataset), the CSV and the per-stage plot."""
+and one transfer table per transfer dataset), the CSV and the per-stage plot.
+
+Where some row has a frame-level probe (speech: phones per 10 ms), the table gains one
+'<frame_name> s{n}' column per stage, the CSV 'frames_s{n}' columns and the plot a second
+row of panels; without one, the outputs are exactly those of image suites."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from biossl.rules.base import CONDITION_TEXT, CONDITIONS
-from biossl.suite_result import METRICS, SuiteRow
+from biossl.evaluate import MFCC_LABEL
+from biossl.suite_result import FRAME_METRIC, METRICS, SuiteRow
 
 if TYPE_CHECKING:
     from biossl.compare import Suite
@@ -63,9 +68,13 @@ def _gain(g: float) -> str:
     return "—" if math.isnan(g) else f"{g:+.1f}"
 
 
-def format_markdown(suite: Suite, rows: list[SuiteRow], protocols: list[str]) -> str:
+def format_markdown(suite: Suite, rows: list[SuiteRow], protocols: list[str],
+                    frame_name: str = "frame") -> str:
+    """The suite's table; ``frame_name`` heads the frame-probe columns ('phone s1', …)."""
     stages = max(r.n_stages for r in rows)
-    head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + \
+    frames = any(r.has_frames for r in rows)
+    frame_cols = [f"{frame_name} s{s}" for s in range(1, stages + 1)] if frames else []
+    head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + frame_cols + \
         ["Δ top vs random", "kNN top", "100/class top", "images seen", "train s", "img/s",
          "peak MiB", "(i)-(iv)"]
     lines = [f"# {suite.name}", "", suite.description.strip(), "",
@@ -77,12 +86,19 @@ def format_markdown(suite: Suite, rows: list[SuiteRow], protocols: list[str]) ->
              "(✓) or not (✗), for the rule with this objective: "
              + "; ".join(f"({c}) {CONDITION_TEXT[c]}" for c in CONDITIONS) + ". Peak MiB: growth of the process's "
              "peak resident memory during the cell (training and probing; the allocator reuses "
-             "memory across cells, so compare rules with `biossl bench`, not with this column).", "",
+             "memory across cells, so compare rules with `biossl bench`, not with this column)."
+             + (f" With frame labels, probe/kNN/100/class read each sample's label (speech: the speaker) "
+                f"and {frame_name} s1… are the frame-level linear probe accuracy (%): each stage's output "
+                f"average-pooled to the label frames (one {frame_name} per frame)."
+                + (f" The {MFCC_LABEL} row: 13 MFCCs per 10 ms (librosa), probed as one stage."
+                   if any(r.label == MFCC_LABEL for r in rows) else "") if frames else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     n = len(suite.seeds)
     for r in rows:
         cells = [r.label, r.rule, r.objective]
         cells += [_fmt(r.stat("probe", s), n) if s <= r.n_stages else "" for s in range(1, stages + 1)]
+        if frames:
+            cells += [_fmt(r.stat(FRAME_METRIC, s), n) if s <= r.n_stages else "" for s in range(1, stages + 1)]
         cells += [_gain(top_gain(r, rows))]
         ips = r.mean("images_per_s")
         cells += [_fmt(r.top("knn"), n), _fmt(r.top("few_label"), n),
@@ -119,7 +135,7 @@ def csv_record(row: SuiteRow) -> dict:
     stages = range(1, row.n_stages + 1)
     rec = {"label": row.label, "rule": row.rule, "objective": row.objective, "encoder": row.encoder,
            "views": row.views, "seeds": row.seeds}
-    for metric in METRICS:
+    for metric in METRICS + ((FRAME_METRIC,) if row.has_frames else ()):
         rec.update({f"{metric}_s{s}": row.stat(metric, s) for s in stages})
     for ds in row.transfer_datasets:
         for metric in ("probe", "knn"):
@@ -151,31 +167,43 @@ def write_csv(rows: list[SuiteRow], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- plot
-def plot(rows: list[SuiteRow], path: Path, title: str) -> None:
-    """One panel per view recipe (each family has its own random-init row, drawn dashed)."""
+def plot(rows: list[SuiteRow], path: Path, title: str, frame_name: str = "frame") -> None:
+    """One panel per view recipe (each family has its own random-init row, drawn dashed; the
+    MFCC baseline, if any, is a dotted level line in every panel); with frame probes, a second
+    row of panels shows them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    families = sorted({r.views for r in rows})
-    fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families), 4.8), squeeze=False)
+    def is_shared(r: SuiteRow) -> bool:
+        return r.label == MFCC_LABEL and not r.trained
+    shared = [r for r in rows if is_shared(r)]
+    families = sorted({r.views for r in rows if not is_shared(r)})
+    metrics = [("probe", "linear probe accuracy (%)", "")]
+    if any(r.has_frames for r in rows):
+        metrics.append((FRAME_METRIC, f"{frame_name} probe accuracy (%)", f" ({frame_name})"))
+    fig, axes = plt.subplots(len(metrics), len(families), figsize=(6.5 * len(families), 4.8 * len(metrics)),
+                             squeeze=False)
     cmap = plt.get_cmap("tab20")
-    for ax, fam in zip(axes[0], families):
-        mine = [r for r in rows if r.views == fam]
-        for k, r in enumerate(mine):
-            xs = list(range(1, r.n_stages + 1))
-            ys = [r.stat("probe", s)[0] for s in xs]
-            err = [r.stat("probe", s)[1] for s in xs]
-            if not r.trained:
-                ax.errorbar(xs, ys, yerr=err, fmt="k--", lw=2.5, label=r.label, capsize=3)
-            else:
-                ax.errorbar(xs, ys, yerr=err, fmt="-o", color=cmap(k % 20), label=r.label,
-                            capsize=3, markersize=4)
-        ax.set_xticks(xs)
-        ax.set_xlabel("stage")
-        ax.set_ylabel("linear probe accuracy (%)")
-        ax.set_title(f"{title} — views: {fam}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+    for (metric, ylabel, suffix), ax_row in zip(metrics, axes):
+        for ax, fam in zip(ax_row, families):
+            mine = [r for r in rows if r.views == fam and not is_shared(r)]
+            for k, r in enumerate(mine + shared):
+                xs = list(range(1, r.n_stages + 1))
+                ys = [r.stat(metric, s)[0] for s in xs]
+                err = [r.stat(metric, s)[1] for s in xs]
+                if is_shared(r):   # one feature set, not a stack: a level line across the stages
+                    ax.axhline(ys[-1], ls=":", color="0.4", lw=2, label=r.label)
+                elif not r.trained:
+                    ax.errorbar(xs, ys, yerr=err, fmt="k--", lw=2.5, label=r.label, capsize=3)
+                else:
+                    ax.errorbar(xs, ys, yerr=err, fmt="-o", color=cmap(k % 20), label=r.label,
+                                capsize=3, markersize=4)
+            ax.set_xticks(range(1, max(r.n_stages for r in mine) + 1))
+            ax.set_xlabel("stage")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{title}{suffix} — views: {fam}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

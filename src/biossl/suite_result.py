@@ -12,11 +12,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from biossl.evaluate import ProbeRow
+from biossl.evaluate import ProbeRow, has_frames
 from biossl.naming import UNTRAINED
 
 METRICS = ("probe", "knn", "few_label")
 """The ProbeRow accuracies a suite records per stage."""
+FRAME_METRIC = "frames"
+"""The frame-level probe (speech: phones), recorded per stage only where a row has it."""
 
 
 @dataclass
@@ -81,16 +83,20 @@ class CellResult:
 
 
 def _stage_lists(rows: list[ProbeRow]) -> dict:
+    frames = {FRAME_METRIC: [r.frames for r in rows]} if has_frames(rows) else {}
     return {"encoder_label": rows[0].encoder_label, "dim": [r.dim for r in rows],
-            **{m: [getattr(r, m) for r in rows] for m in METRICS},
+            **{m: [getattr(r, m) for r in rows] for m in METRICS}, **frames,
             "protocol": rows[0].protocol, "per_class": rows[0].per_class}
 
 
 def _stage_rows(d: dict, encoder_label: str) -> list[ProbeRow]:
     n = len(d["probe"])
     dims = d.get("dim", [0] * n)  # 0: not recorded by older versions
-    return [ProbeRow(encoder_label, s + 1, dims[s], d["probe"][s], d["knn"][s], d["few_label"][s],
+    rows = [ProbeRow(encoder_label, s + 1, dims[s], d["probe"][s], d["knn"][s], d["few_label"][s],
                      d.get("protocol", ""), d.get("per_class", 100)) for s in range(n)]
+    for r, v in zip(rows, d.get(FRAME_METRIC, [])):  # absent: no frame labels (the default NaN)
+        r.frames = v
+    return rows
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -144,6 +150,11 @@ class SuiteRow:
     @property
     def n_stages(self) -> int:
         return len(self.first.rows)
+
+    @property
+    def has_frames(self) -> bool:
+        """True when some seed's result has a frame-level probe on the training dataset."""
+        return any(has_frames(r.rows) for r in self.results)
 
     @property
     def transfer_datasets(self) -> list[str]:

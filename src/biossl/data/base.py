@@ -93,6 +93,10 @@ class DatasetSpec:
     test_split: ClassVar[str] = "test"          # labelled split probes are scored on
     image_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)  # (C, H, W)
     num_classes: ClassVar[int] = 10
+    frame_classes: ClassVar[int] = 0
+    """Classes of the per-frame labels (ImageSet.frame_labels); 0: the dataset has none."""
+    frame_name: ClassVar[str] = "frame"
+    """What a frame label is, as table headers name it (speech: 'phone')."""
 
     def load(self, split: str, root: str | Path | None = None, download: bool = True) -> ImageSet:
         """Read ``split`` → :class:`ImageSet` with images (N, *image_shape) uint8.

@@ -27,6 +27,7 @@ class SpeechSegments(DatasetSpec):
     image_shape = (1, SEGMENT)
     frame_classes: ClassVar[int] = 0
     """Classes of the frame labels (phones)."""
+    frame_name = "phone"
 
     def _load(self, split: str, root: Path | None, download: bool) -> ImageSet:
         audio = self.audio().load(split, root=root, download=download, **self.sizes)
