@@ -95,11 +95,10 @@ def _cmd_train(args) -> int:
 
 
 def _eval(run_dir, overrides) -> int:
-    from biossl.evaluate import format_table
     from biossl.run_eval import evaluate_run, probe_stem
-    rows = evaluate_run(run_dir, overrides)
-    print(format_table(rows))
+    evaluate_run(run_dir, overrides)
     stem = probe_stem(run_dir, overrides)
+    print(stem.with_suffix(".md").read_text().rstrip())  # the table as written (e.g. "phone" columns)
     print(f"\nwritten: {stem.with_suffix('.csv')}, {stem.name}.md, {stem.name}.png")
     return 0
 
