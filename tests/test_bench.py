@@ -54,6 +54,12 @@ def test_bench_rows_are_relative_to_the_first_cell(tmp_path):
         if ref["peak_mib"] > 0:
             assert math.isclose(r["peak_mem_vs_ref"], r["peak_mib"] / ref["peak_mib"], rel_tol=1e-9)
     assert ref["images_per_s_vs_ref"] == 1.0 and ref["step_time_vs_ref"] == 1.0
+    for r in rows:  # FLOPs counted, achieved throughput follows from the step time
+        assert r["gflop_per_step"] > 0
+        assert math.isclose(r["achieved_gflops"], r["gflop_per_step"] / (r["step_ms"] / 1e3), rel_tol=1e-9)
+    assert result["machine"]["matmul_gflops_fp32"] > 0
+    # a greedy step at stage 2 runs stage 1 frozen (forward only): fewer FLOPs than e2e's whole backward
+    assert rows[1]["gflop_per_step"] < rows[0]["gflop_per_step"]
     table = format_bench(rows)
     assert f"| gll-urf stage 2 | greedy-urf | hinge | {rows[1]['step_ms']:.1f} |" in table
     assert f"| {rows[1]['images_per_s_vs_ref']:.2f} |" in table

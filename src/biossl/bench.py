@@ -20,7 +20,8 @@ import torch
 
 from biossl.assemble import assemble
 from biossl.config import RunConfig, apply_overrides, build_config, load_raw
-from biossl.measure import peak_bytes, reset_peak, rss_tracks_tensors, seconds_per_call
+from biossl.measure import (matmul_gflops, peak_bytes, reset_peak, rss_tracks_tensors, seconds_per_call,
+                            step_flops)
 from biossl.naming import rule_name
 
 # (label, recipe, overrides, schedule epoch). GLL's cost depends on the stage it trains,
@@ -50,7 +51,10 @@ def _batch(asm, batch_size: int) -> torch.Tensor:
         x = data.images[:batch_size]
     except Exception:
         g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (batch_size, *asm.spec.image_shape), generator=g, dtype=torch.uint8)
+        if len(asm.spec.image_shape) == 2:  # waveform segments (C, T): int16 noise at speech level
+            x = torch.randint(-3000, 3000, (batch_size, *asm.spec.image_shape), generator=g, dtype=torch.int16)
+        else:
+            x = torch.randint(0, 256, (batch_size, *asm.spec.image_shape), generator=g, dtype=torch.uint8)
     return x.to(asm.device)
 
 
@@ -74,6 +78,10 @@ class _Cell:
     def _step(self) -> None:
         # the rule scopes train.precision to its forward computations (assemble sets it)
         self.asm.rule.step(self.asm.recipe(self.x, self.gen))
+
+    def flops(self) -> int:
+        """Matmul/conv FLOPs of one step (counted once; the step also trains)."""
+        return step_flops(self._step)
 
     def measure_peak(self, n: int) -> None:
         gc.collect()
@@ -105,11 +113,12 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
             c.view_times.append(c.views(per_round))
         if progress:
             print(f"  round {r + 1}/{rounds} done", flush=True)
+    flops = [c.flops() for c in built]
     rss_tracks_tensors()  # memory last: it would slow the timed steps
     for c in built:
         c.measure_peak(max(2, steps // 4))
     out = []
-    for c in built:
+    for c, fl in zip(built, flops):
         st = statistics.median(c.step_times)
         vt = statistics.median(c.view_times)
         out.append({"label": c.label, "rule": rule_name(c.cfg), "objective": c.cfg.objective.name,
@@ -117,7 +126,8 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                     "batch_size": c.cfg.train.batch_size, "device": str(c.asm.device),
                     "step_ms": st * 1e3, "images_per_s": c.cfg.train.batch_size / st,
                     "views_images_per_s": c.cfg.train.batch_size / vt, "views_share": vt / st,
-                    "peak_mib": c.peak_bytes / 2**20})
+                    "peak_mib": c.peak_bytes / 2**20,
+                    "gflop_per_step": fl / 1e9, "achieved_gflops": fl / 1e9 / st})
     ref = out[0]
     for r in out:
         r["step_time_vs_ref"] = r["step_ms"] / ref["step_ms"]
@@ -126,21 +136,24 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     return out
 
 
-def machine() -> dict:
+def machine(device: torch.device | str = "cpu") -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "matmul_gflops_fp32": round(matmul_gflops(device), 1)}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
 def format_bench(rows: list[dict]) -> str:
-    lines = ["| cell | rule | objective | step ms | images/s | ×e2e-bp img/s | peak MiB | ×e2e-bp mem | views share |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| cell | rule | objective | step ms | images/s | ×e2e-bp img/s | peak MiB | ×e2e-bp mem | views share "
+             "| GFLOP/step | GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['rule']} | {r['objective']} | {r['step_ms']:.1f} | "
-                     f"{r['images_per_s']:.0f} | {r['images_per_s_vs_ref']:.2f} | {r['peak_mib']:.0f} | "
-                     f"{r['peak_mem_vs_ref']:.2f} | {100 * r['views_share']:.1f} % |")
+                     f"{r['images_per_s']:.3g} | {r['images_per_s_vs_ref']:.2f} | {r['peak_mib']:.0f} | "
+                     f"{r['peak_mem_vs_ref']:.2f} | {100 * r['views_share']:.1f} % | "
+                     f"{r['gflop_per_step']:.3g} | {r['achieved_gflops']:.0f} |")
     return "\n".join(lines)
 
 

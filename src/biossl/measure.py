@@ -79,3 +79,28 @@ def seconds_per_call(fn, n: int, device: torch.device) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - t) / n
+
+
+def step_flops(fn) -> int:
+    """Floating-point operations of one call of ``fn`` (matmuls and convolutions, forward and
+    backward, as torch's FlopCounterMode counts them; element-wise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_gflops(device: torch.device | str = "cpu", size: int = 1024, seconds: float = 0.5) -> float:
+    """This process's fp32 matmul throughput on ``device`` (GFLOP/s, size × size matrices):
+    the ceiling a step's achieved GFLOP/s is compared with."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    n, t0 = 0, time.perf_counter()
+    sync(device)
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    sync(device)
+    return 2 * size ** 3 * n / (time.perf_counter() - t0) / 1e9
