@@ -165,3 +165,12 @@ def test_every_schedule_trains_the_audio_encoder_with_both_objectives():
             out = r.step(batch)
             assert torch.isfinite(torch.tensor(out["loss"])), schedule
             assert any(not torch.equal(a, b) for a, b in zip(before, r.encoder.parameters())), schedule
+
+
+def test_an_explicit_data_root_is_never_replaced_by_the_cached_corpus(tmp_path):
+    """data.root names where the corpus is (or is made): an empty root with no espeak-ng says
+    which package is missing instead of reading the copy in the user cache."""
+    from biossl.data.speech import EspeakMissing, EspeakSpeech
+    with pytest.raises(EspeakMissing, match="espeak-ng"):
+        EspeakSpeech().load("train", root=tmp_path, library="/nonexistent/libespeak-ng.so.1", progress=False)
+    assert not any(tmp_path.rglob("*.npy"))                                 # nothing half-written

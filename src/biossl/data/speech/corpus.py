@@ -178,15 +178,18 @@ def _assemble(part: dict[str, list], speaker_names: tuple[str, ...], split: str,
 
 
 def corpus_dir(config: EspeakCorpusConfig, root: Path | None = None) -> Path:
-    """Where the corpus for ``config`` is: an existing complete copy under ``root`` (or
-    ``$BIOSSL_DATA``) or in the user cache, else where it will be generated (``root`` if
-    given, else the user cache)."""
+    """Where the corpus for ``config`` is: an existing complete copy in the search
+    directories (biossl.data.locate: an explicit ``root`` or ``$BIOSSL_DATA`` is the whole
+    search, never replaced by the user cache), else where it will be generated — under the
+    explicit location, or in the user cache."""
     key = config.key()
-    candidates = [d / key for d, _ in locate.search_dirs(NAME, root)] + [locate.cache_dir(NAME) / key]
-    for d in candidates:
-        if all(store.is_complete(d / split) for split in EspeakSpeech.splits):
-            return d
-    return (root / key) if root is not None else locate.cache_dir(NAME) / key
+    dirs = locate.search_dirs(NAME, root)
+    for d, _ in dirs:
+        if all(store.is_complete(d / key / split) for split in EspeakSpeech.splits):
+            return d / key
+    if locate.explicit_location(root) is not None:
+        return dirs[0][0] / key
+    return locate.cache_dir(NAME) / key
 
 
 class EspeakSpeech(AudioSpec):
