@@ -48,7 +48,7 @@ class VGG8VideoConfig:
     small frames large enough for the three pools)."""
     batch_norm: bool = False
     """BatchNorm3d after each ReLU (CLAPP's code). Off by default: batch statistics are not
-    local (each unit's output depends on the whole batch); the plausibility audit flags it."""
+    local (each unit's output depends on the whole batch), which the plausibility audit must flag."""
     bias: bool = True
     """Conv bias (CLAPP's code uses biased convs)."""
 

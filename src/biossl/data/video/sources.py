@@ -10,7 +10,7 @@ The trainer, the view recipes and the probes take fixed-size samples, so every c
   clip (a clip shorter than that holds its last frame to the end, so every official test
   clip is kept and the probe scores stay comparable with the full fold). The windows are
   written once to a second memory-mapped store in the cache, keyed by the decoded store's
-  settings and the clip lengths.
+  settings, the clip lengths and a sample of the decoded frames.
 
 ``fashion-actions-objects`` is the same corpus labelled by the Fashion-MNIST class of its
 object instead of the action: ``eval.dataset=fashion-actions-objects`` probes an encoder
@@ -118,7 +118,10 @@ class UCF101Clips(VideoClips):
 
     def fixed_clips(self, cs: ClipSet, split: str) -> torch.Tensor:
         lens = cs.lengths
-        digest = hashlib.sha256(lens.numpy().tobytes()).hexdigest()
+        # The decoded store is keyed by the videos; its lengths and a sample of its frames
+        # identify it here, so windows are cut again whenever it was decoded anew.
+        sample = cs.frames[:: max(1, cs.frames.shape[0] // 64)]
+        digest = hashlib.sha256(lens.numpy().tobytes() + sample.numpy().tobytes()).hexdigest()
         stem = f"{split}-{self.frames}f-" + cache_key(source=cs.source, sizes=self.sizes, frames=self.frames,
                                                       frame_shape=list(cs.frame_shape), lengths=digest)
         store_dir = cache_dir(self.video.name) / "windows"
