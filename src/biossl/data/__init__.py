@@ -13,6 +13,7 @@ from biossl.data.digits import Digits
 from biossl.data.idx import MNIST, FashionMNIST
 from biossl.data.speech.sources import EspeakSpeechLarge, EspeakSpeechSegments, LibriSpeechSegments
 from biossl.data.stl10 import STL10
+from biossl.data.video.sources import FashionActionsClips, FashionActionsObjects, UCF101Clips
 from biossl.registry import DATASETS
 
 DATASETS.register("fashion-mnist", FashionMNIST,
@@ -30,6 +31,12 @@ DATASETS.register("espeak-speech-large", EspeakSpeechLarge,
                   summary="speech made with espeak-ng: 60 voices × 120 sentences, 1.6 s segments (generated once)")
 DATASETS.register("librispeech", LibriSpeechSegments,
                   summary="LibriSpeech train-clean-100 + CPC/GIM splits and phones: 251 speakers, 41 phones, 1.6 s segments")
+DATASETS.register("fashion-actions", FashionActionsClips,
+                  summary="Fashion-MNIST objects moving on textures: 16 frames 32×32 gray, 9 actions (generated once)")
+DATASETS.register("fashion-actions-objects", FashionActionsObjects,
+                  summary="the fashion-actions clips labelled by their object's Fashion-MNIST class (10)")
+DATASETS.register("ucf101", UCF101Clips,
+                  summary="UCF-101 fold 1: 101 actions, 48 frames (every 3rd) of 128×128 RGB per clip")
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -12,8 +12,11 @@ the context's signal is gated by its own γ′ from the mirror score u′ = cᵀ
 module supplies the rest, inside the stage:
 the signal is routed back through the max-pool to the unit that won it (argmax), gated
 by the post-synaptic derivative ρ′(a), and multiplied with the pre-synaptic input x
-(via ``unfold`` for a convolution, which lists the inputs each output unit sees). The
-product is written into ``.grad`` so that the stage's optimizer applies it.
+(via ``unfold`` for a 1-D/2-D convolution, which lists the inputs each output unit sees;
+for a 3-D convolution, which ``unfold`` has no form for, via
+``torch.nn.grad.conv3d_weight``: the same sum of post-synaptic signal × stored input over
+samples and positions, computed as their correlation). The product is written into
+``.grad`` so that the stage's optimizer applies it.
 
 A stage must be exactly one weight layer (conv or linear), then element-wise
 nonlinearities and max-pools: with a second weight layer the signal would have to cross
@@ -27,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NONLINEARITIES = (nn.ReLU, nn.Hardtanh, nn.Tanh, nn.LeakyReLU, nn.Identity)
-POOLS = (nn.MaxPool1d, nn.MaxPool2d)
+POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_POOL_FN = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
 
 UNFOLD_CHUNK_BYTES = 16 * 2 ** 20
 """Upper bound on one chunk of unfolded pre-synaptic inputs (the Hebbian product runs in chunks)."""
@@ -42,7 +46,7 @@ def check_stage(stage: nn.Module) -> None:
         raise ValueError(f"the explicit rule needs a stage that starts with one conv/linear layer; "
                          f"got {stage}")
     w = mods[0]
-    if isinstance(w, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(w, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if w.groups != 1 or isinstance(w.padding, str) or w.padding_mode != "zeros":
             raise ValueError(f"the explicit rule supports convs with groups=1, integer zero padding; got {w}")
     for m in mods[1:]:
@@ -73,8 +77,7 @@ def forward_traced(stage: nn.Module, x: Tensor) -> tuple[Tensor, StageTrace]:
     for m in mods[1:]:
         shapes.append(h.shape)
         if isinstance(m, POOLS):
-            pool = F.max_pool2d if isinstance(m, nn.MaxPool2d) else F.max_pool1d
-            h, idx = pool(h, m.kernel_size, m.stride, m.padding, m.dilation,
+            h, idx = _POOL_FN[type(m)](h, m.kernel_size, m.stride, m.padding, m.dilation,
                           ceil_mode=m.ceil_mode, return_indices=True)
             records.append(idx)
         else:
@@ -117,11 +120,17 @@ def hebbian_product(layer: nn.Module, x: Tensor, delta: Tensor) -> tuple[Tensor,
 
     Convolution: unfold lists, for every output position, the inputs x_i it sees; the
     product sums delta_j · x_i over samples and positions (in chunks of samples so the
-    unfolded copy stays below :data:`UNFOLD_CHUNK_BYTES`).
+    unfolded copy stays below :data:`UNFOLD_CHUNK_BYTES`). Conv3d: ``unfold`` has no 3-D
+    form; ``torch.nn.grad.conv3d_weight`` computes the same sum as the correlation of the
+    post-synaptic signal delta with the stored input x (no graph, no other weight).
     """
     gb = delta.sum(dim=[d for d in range(delta.dim()) if d != 1]) if layer.bias is not None else None
     if isinstance(layer, nn.Linear):
         return delta.t() @ x, gb
+    if isinstance(layer, nn.Conv3d):
+        gw = torch.nn.grad.conv3d_weight(x, layer.weight.shape, delta, stride=layer.stride,
+                                         padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        return gw, gb
     x2, d2, k, dil, pad, stride = _conv_as_2d(layer, x, delta)
     n = x2.shape[0]
     cols = d2.shape[2] * d2.shape[3]
