@@ -74,20 +74,21 @@ def format_markdown(suite: Suite, rows: list[SuiteRow], protocols: list[str],
     stages = max(r.n_stages for r in rows)
     frames = any(r.has_frames for r in rows)
     frame_cols = [f"{frame_name} s{s}" for s in range(1, stages + 1)] if frames else []
+    few = next((r.results[0].rows[0].per_class for r in rows if r.results and r.results[0].rows), 100)
     head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + frame_cols + \
-        ["Δ top vs random", "kNN top", "100/class top", "images seen", "train s", "img/s",
+        ["Δ top vs random", "kNN top", f"{few}/class top", "images seen", "train s", "img/s",
          "peak MiB", "(i)-(iv)"]
     lines = [f"# {suite.name}", "", suite.description.strip(), "",
              f"Seeds: {suite.seeds}. Common overrides: `{' '.join(suite.common)}`.", "",
              "Protocol: " + " | ".join(protocols) + ".", "",
              "Probe = linear probe test accuracy (%) on each stage's global-average-pooled output; "
              "Δ top vs random = top-stage probe minus that of the random-init row with the same "
-             "encoder and views; kNN and 100/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
+             f"encoder and views; kNN and {few}/class on the top stage. (i)-(iv): Bio-SSL plausibility conditions met "
              "(✓) or not (✗), for the rule with this objective: "
              + "; ".join(f"({c}) {CONDITION_TEXT[c]}" for c in CONDITIONS) + ". Peak MiB: growth of the process's "
              "peak resident memory during the cell (training and probing; the allocator reuses "
              "memory across cells, so compare rules with `biossl bench`, not with this column)."
-             + (f" With frame labels, probe/kNN/100/class read each sample's label (speech: the speaker) "
+             + (f" With frame labels, probe/kNN/{few}/class read each sample's label (speech: the speaker) "
                 f"and {frame_name} s1… are the frame-level linear probe accuracy (%): each stage's output "
                 f"average-pooled to the label frames (one {frame_name} per frame)."
                 + (f" The {MFCC_LABEL} row: 13 MFCCs per 10 ms (librosa), probed as one stage."
