@@ -5,11 +5,12 @@ objectives over each stage's time axis, CLAPP's explicit rule equal to autograd 
 stages, every schedule on the video encoder, and the video-quick suite's cells."""
 from __future__ import annotations
 
-import copy
 import pytest
 import torch
 
-from biossl.config import ConfigError, TrainConfig, build_config
+from rule_checks import assert_every_schedule_trains, assert_explicit_equals_autograd
+
+from biossl.config import ConfigError, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.data.locate import cache_dir
 from biossl.data.video import FashionActions, UCF101
@@ -18,7 +19,6 @@ from biossl.encoders.vgg8_video import VGG8VideoConfig, vgg8_video
 from biossl.objectives.clapp import ClappConfig, ClappObjective
 from biossl.objectives.infonce import InfoNCEConfig, InfoNCEObjective
 from biossl.objectives.predictive import patch_vectors, steps_for
-from biossl.rules import make_rule
 from biossl.rules.clapp_explicit import check_stage
 from biossl.views.batch import ViewBatch
 from biossl.views.clips import ClipBlocks, ClipBlocksConfig
@@ -229,26 +229,9 @@ def test_explicit_rule_equals_autograd_on_conv3d_stages(variant):
     shapes = enc.out_shapes((1, 16, 16, 16))
     assert [s[1] for s in shapes] == [16, 16, 16, 8, 4]
 
-    def rule(transport):
-        def make(i):
-            return ClappObjective(ClappConfig(steps=3, **variant), shapes[i]).double()
-        return make_rule("simultaneous", transport, copy.deepcopy(enc), make, TrainConfig(lr=1e-2, seed=3))
-
-    ra, re = rule("bp"), rule("explicit")
-    re.load_state_dict(ra.state_dict())
-    for r in (ra, re):
-        for o in r.optimizers:
-            for group in o.param_groups:
-                group["lr"] = 0.0   # compare the updates the optimizers would apply
-    la, le = ra.step(batch), re.step(batch)
-    for k in la:
-        assert abs(la[k] - le[k]) < 1e-12, k
-    grads_a = {n: p.grad for n, p in ra.named_parameters() if p.grad is not None}
-    grads_e = {n: p.grad for n, p in re.named_parameters() if p.grad is not None}
-    assert grads_a.keys() == grads_e.keys() and "encoder.stages.4.0.weight" in grads_a   # temporal Conv3d
-    for n in grads_a:
-        assert rel(grads_e[n], grads_a[n]) < 1e-10, n
-        assert grads_a[n].abs().sum() > 0, n
+    assert_explicit_equals_autograd(
+        enc, lambda i: ClappObjective(ClappConfig(steps=3, **variant), shapes[i]).double(), batch,
+        must_reach="encoder.stages.4.0.weight")                      # the temporal Conv3d
 
 
 # ---- every schedule, and the suite's cells ---------------------------------------------------------------
@@ -257,15 +240,7 @@ def test_every_schedule_trains_the_video_encoder_with_both_objectives():
     recipe = ClipBlocks(ClipBlocksConfig(blocks=4, block_frames=4, size=(16, 16)), (1, 16, 32, 32))
     batch = recipe(random_clips(n=4), torch.Generator().manual_seed(2))
     shapes = enc.out_shapes((1, 16, 16, 16))
-    for obj in (lambda i: ClappObjective(ClappConfig(steps=3), shapes[i]),
-                lambda i: InfoNCEObjective(InfoNCEConfig(steps=3, negatives=4), shapes[i])):
-        for schedule in ("e2e", "greedy", "random", "simultaneous"):
-            r = make_rule(schedule, "bp", copy.deepcopy(enc), obj, TrainConfig(lr=1e-2, epochs=5))
-            r.start_epoch(0)
-            before = [p.detach().clone() for p in r.encoder.parameters()]
-            out = r.step(batch)
-            assert torch.isfinite(torch.tensor(out["loss"])), schedule
-            assert any(not torch.equal(a, b) for a, b in zip(before, r.encoder.parameters())), schedule
+    assert_every_schedule_trains(enc, shapes, batch)
 
 
 def test_video_quick_cells_build_and_take_a_step():
