@@ -3,6 +3,7 @@ from biossl.naming import rule_name
 
 The bench runs in a child process: its memory pass switches glibc to mmap-served
 allocations (mallopt), which cannot be undone and must not reach the other tests."""
+import pytest
 import json
 import math
 import os
@@ -76,3 +77,19 @@ def test_default_cells_cover_the_rules_and_build():
             rule = assemble(cfg).rule
             rule.start_epoch(epoch)
             assert rule.schedule.stage + 1 == int(label.rsplit(" ", 1)[1]), label
+
+
+def test_a_command_line_cell_names_its_schedule_position():
+    from biossl.bench import command_line_cell
+    from biossl.config import ConfigError
+    label, cfg, epoch = command_line_cell("fmnist-gll-hinge@2", ["transport.name=urf"])
+    assert (label, epoch, cfg.transport.name) == ("fmnist-gll-hinge@2", 2, "urf")
+    assert command_line_cell("fmnist-bp-hinge", [])[::2] == ("fmnist-bp-hinge", 0)
+    for bad in ("fmnist-gll-hinge@3", "fmnist-gll-hinge@last"):
+        with pytest.raises(ConfigError, match=r"an epoch 0…2 of its schedule"):
+            command_line_cell(bad, [])
+
+
+def test_slow_cells_keep_significant_digits():
+    from biossl.bench import _rate
+    assert [_rate(x) for x in (0.6757, 4.031, 19.24, 1684.2)] == ["0.676", "4.03", "19.2", "1684"]

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset of another image size is resized to the training shape (eval.resize)")
     s.set_defaults(fn=_cmd_eval)
     s = sub.add_parser("bench", help="step time, images/s, peak memory per rule vs e2e-bp")
-    s.add_argument("configs", nargs="*", help="configs to bench (default: one cell per rule family)")
+    s.add_argument("configs", nargs="*", help="configs to bench, CONFIG or CONFIG@EPOCH (a schedule "
+                   "position, e.g. fmnist-gll-hinge@2 = its last stage); default: one cell per rule family")
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    help="key=value override applied to every config")
     s.add_argument("--steps", type=_count(1), default=20, help="timed steps per config (≥ 1)")
