@@ -93,3 +93,19 @@ def test_a_command_line_cell_names_its_schedule_position():
 def test_slow_cells_keep_significant_digits():
     from biossl.bench import _rate
     assert [_rate(x) for x in (0.6757, 4.031, 19.24, 1684.2)] == ["0.676", "4.03", "19.2", "1684"]
+
+
+def test_flops_of_a_step_count_forward_and_backward_also_for_dtp():
+    """A matmul's FLOPs forward and backward, as torch's formulas give them; and a DTP step
+    (autograd.grad on a leaf, which FlopCounterMode's module hooks refuse) is counted too."""
+    import torch
+
+    from biossl.assemble import assemble
+    from biossl.config import load_config
+    from biossl.measure import step_flops
+    a, b = torch.randn(64, 128, requires_grad=True), torch.randn(128, 32)
+    assert step_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 64 * 128 * 32)   # a @ b and ∂/∂a
+    asm = assemble(load_config("fmnist-dtp-hinge", TINY + ["train.device=cpu", "transport.inverse_warmup=0"]))
+    asm.rule.start_epoch(0)
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    assert step_flops(lambda: asm.rule.step(asm.recipe(x, torch.Generator().manual_seed(0)))) > 0

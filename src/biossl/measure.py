@@ -82,12 +82,27 @@ def seconds_per_call(fn, n: int, device: torch.device) -> float:
 
 
 def step_flops(fn) -> int:
-    """Floating-point operations of one call of ``fn`` (matmuls and convolutions, forward and
-    backward, as torch's FlopCounterMode counts them; element-wise work is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    """Floating-point operations of one call of ``fn``: matmuls and convolutions, forward and
+    backward, counted with torch's FLOP formulas (``torch.utils.flop_counter``) as each op
+    runs; element-wise work is not counted. (FlopCounterMode itself also tracks modules with
+    backward hooks, which ``torch.autograd.grad`` on a leaf — DTP's top target — refuses.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Count.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with Count():
         fn()
-    return int(counter.get_total_flops())
+    return Count.total
 
 
 def matmul_gflops(device: torch.device | str = "cpu", size: int = 1024, seconds: float = 0.5) -> float:
