@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from biossl.encoders.base import StageStack
-from biossl.rules.base import check_finite, make_optimizer
+from biossl.rules.base import make_optimizer
 from biossl.rules.diagnostics import (GradientAngleProbe, compare_gradients, feedback_report,
                                       named_feedback_layers)
 from biossl.rules.schedules.base import Schedule
@@ -86,10 +86,6 @@ class Rule(nn.Module):
     def encoder_frozen_steps(self) -> int:
         """Initial steps that leave the encoder untouched (DTP's inverse warm-up)."""
         return self.transport.frozen_steps()
-
-    def stage_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named parameter groups, one per stage (forward weights only)."""
-        return {f"stage{i}": list(s.parameters()) for i, s in enumerate(self.encoder.stages)}
 
     def diagnostics(self) -> dict[str, float]:
         """The last angles to back-propagation, ‖B‖/‖W‖ of feedback layers and the
@@ -162,8 +158,7 @@ class Rule(nn.Module):
         for p in self.parameters():
             p.grad = None
         draws = self.objectives[k].draw_state()
-        u = self.transport.gradients(self, k, x, batch, learn_extra=False)
-        check_finite(torch.tensor(u.loss), "loss")
+        self.transport.gradients(self, k, x, batch, learn_extra=False)  # checks its loss is finite
         out = compare_gradients(self.segment_groups(k), self._replay(k, x, batch, draws),
                                 self.transport.exact)
         for p in self.parameters():

@@ -13,6 +13,7 @@ from biossl.views.batch import ViewBatch
 
 if TYPE_CHECKING:
     from biossl.rules.rule import Rule
+    from biossl.rules.transports.base import Update
 
 
 class Schedule:
@@ -49,3 +50,8 @@ class Schedule:
 
     def load_state(self, state: dict) -> None:
         pass
+
+
+def one_stage_log(i: int, u: "Update") -> dict[str, float]:
+    """What a step that updated stage ``i`` alone logs (greedy, random)."""
+    return {"loss": u.loss, f"loss/stage{i}": u.loss, "stage": float(i), **u.log}

@@ -6,7 +6,7 @@ autograd; the upper stages do not run at all.
 """
 from __future__ import annotations
 
-from biossl.rules.schedules.base import Schedule
+from biossl.rules.schedules.base import Schedule, one_stage_log
 
 
 class Greedy(Schedule):
@@ -33,7 +33,7 @@ class Greedy(Schedule):
 
     def step(self, rule, batch):
         u = rule.update(self.stage, rule.frozen_input(self.stage, batch), batch)
-        return {"loss": u.loss, f"loss/stage{self.stage}": u.loss, "stage": float(self.stage), **u.log}
+        return one_stage_log(self.stage, u)
 
     def state(self) -> dict:
         return {"stage": self.stage}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from biossl.rules.schedules.base import Schedule
+from biossl.rules.schedules.base import Schedule, one_stage_log
 
 
 class RandomStage(Schedule):
@@ -13,4 +13,4 @@ class RandomStage(Schedule):
         g = rule.generator
         i = int(torch.randint(len(rule.spans), (1,), generator=g, device=g.device).item())
         u = rule.update(i, rule.frozen_input(i, batch), batch)
-        return {"loss": u.loss, f"loss/stage{i}": u.loss, "stage": float(i), **u.log}
+        return one_stage_log(i, u)
