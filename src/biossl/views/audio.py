@@ -14,23 +14,16 @@ import torch
 from torch import Tensor
 
 from biossl.bounds import PositiveInt
+from biossl.data.speech.audioset import HOP as FRAME  # samples per 10 ms frame at 16 kHz: the crop grid
+from biossl.data.speech.audioset import waveform_to_float
 from biossl.views.base import ViewRecipe
 from biossl.views.batch import ViewBatch
-
-FRAME = 160
-"""Samples per 10 ms frame at 16 kHz (the crop grid)."""
-INT16_SCALE = 32768.0
 
 
 def check_waveforms(x: Tensor) -> None:
     if x.dim() != 3 or x.dtype != torch.int16:
         raise ValueError(f"audio views take int16 waveform segments (N, 1, T), got {x.dtype} "
                          f"{tuple(x.shape)}; use them with a speech dataset (e.g. data.name=espeak-speech)")
-
-
-def waveform_to_float(x: Tensor) -> Tensor:
-    """int16 → float in [-1, 1)."""
-    return x.float().div_(INT16_SCALE)
 
 
 @dataclass

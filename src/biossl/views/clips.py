@@ -95,14 +95,13 @@ class ClipBlocks(ViewRecipe):
         starts = torch.randint(self.frames - span + 1, (n,), generator=generator,
                                device=generator.device).to(x.device)
         t = starts[:, None] + torch.arange(span, device=x.device)                     # (n, span)
-        # Advanced indices on dims 0 and 2 (split by a slice) go first: (n, span, C, H, W).
-        window = x[torch.arange(n, device=x.device)[:, None], :, t]
+        # channel-major gather (n, C, span, H, W): the output needs no transpose copy
+        window = x.gather(2, t[:, None, :, None, None].expand(n, c, span, h, w))
         theta = sample_affine(n, generator, x.device, in_hw=(h, w), scale=self.cfg.scale,
                               ratio=self.cfg.ratio, flip_p=self.cfg.flip_p)
         # The frames of a clip are channels of one image: one warp, the same crop on each.
-        warped = affine_warp(to_unit(window.reshape(n, span * c, h, w)), theta, self.out_hw, padding="border")
-        out = unit_to_input(warped).view(n, span, c, *self.out_hw).transpose(1, 2)
-        return ViewBatch(out.contiguous(), n, "sequence")
+        warped = affine_warp(to_unit(window.reshape(n, c * span, h, w)), theta, self.out_hw, padding="border")
+        return ViewBatch(unit_to_input(warped).view(n, c, span, *self.out_hw), n, "sequence")
 
     def eval_batch(self, x: Tensor) -> ViewBatch:
         check_clips(x)

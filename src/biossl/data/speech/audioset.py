@@ -23,6 +23,11 @@ INT16_SCALE = 32768.0
 """int16 sample → float in [-1, 1): divide by this."""
 
 
+
+def waveform_to_float(x: Tensor) -> Tensor:
+    """int16 samples → float32 in [-1, 1)."""
+    return x.float().div_(INT16_SCALE)
+
 @dataclass
 class AudioSet:
     """One split of a speech dataset.
@@ -135,7 +140,7 @@ class AudioSet:
                              f"utterance {self.utterance_ids[u]} ({int(self.num_samples[u])} samples); "
                              f"draw starts in [0, max_start_frame(length)]")
         index = (self.sample_offsets[utt_idx] + first)[:, None] + torch.arange(length)
-        return (self.samples[index].float() / INT16_SCALE).unsqueeze(1)
+        return waveform_to_float(self.samples[index]).unsqueeze(1)
 
     def frame_labels(self, utt_idx: Tensor, start_frames: Tensor, n_frames: int) -> Tensor:
         """Phone labels of ``n_frames`` frames from ``start_frames`` → int64 (n, n_frames),
@@ -151,7 +156,7 @@ class AudioSet:
     def utterance(self, u: int) -> Tensor:
         """Utterance ``u``'s whole waveform → float32 (num_samples[u],) in [-1, 1)."""
         start = int(self.sample_offsets[u])
-        return self.samples[start:start + int(self.num_samples[u])].float() / INT16_SCALE
+        return waveform_to_float(self.samples[start:start + int(self.num_samples[u])])
 
     def utterance_labels(self, u: int) -> Tensor:
         """Utterance ``u``'s frame labels → int64 (num_labels[u],)."""
