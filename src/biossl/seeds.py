@@ -29,12 +29,16 @@ PURPOSES = ("weights", "data-order", "views", "schedule", "feedback", "objective
             "inverse-noise")
 
 
+def hash63(text: str) -> int:
+    """A 63-bit seed from a text (sha256): the one hash every derived seed uses."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
 def derive(seed: int, purpose: str, *index: int) -> int:
     """A 63-bit seed for ``purpose`` (one of :data:`PURPOSES`) and its indices."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown seed purpose {purpose!r}; known: {', '.join(PURPOSES)}")
-    text = "/".join([str(int(seed)), purpose, *(str(int(i)) for i in index)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+    return hash63("/".join([str(int(seed)), purpose, *(str(int(i)) for i in index)]))
 
 
 def generator(seed: int, purpose: str, *index: int, device: torch.device | str = "cpu") -> torch.Generator:

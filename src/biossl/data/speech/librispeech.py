@@ -143,7 +143,7 @@ def _decode(path: Path, expected: int) -> np.ndarray:
 
 
 def _stamp(paths: list[Path]) -> list[list[int]]:
-    return [[p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    return [[st.st_size, st.st_mtime_ns] for st in map(Path.stat, paths)]
 
 
 def load_split(split: str, root: Path | None = None, progress: bool | None = None) -> AudioSet:

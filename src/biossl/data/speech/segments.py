@@ -14,6 +14,10 @@ from biossl.data.base import ImageSet
 from biossl.data.speech.audioset import HOP, AudioSet
 
 
+SEGMENT_CHUNK_SAMPLES = 2 ** 24
+"""Samples gathered per copy while cutting segments (bounds the index arrays to ~128 MiB)."""
+
+
 def segment_starts(num_samples: torch.Tensor, length: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(utterance index, first sample) of every segment, int64 (S,) each."""
     n = num_samples.long()
@@ -30,12 +34,16 @@ def segment(audio: AudioSet, length: int, hop: int, num_speakers: int | None = N
     if length % HOP or hop % HOP:
         raise ValueError(f"segment length {length} and hop {hop} must be multiples of {HOP} samples (10 ms)")
     utt, start = segment_starts(audio.num_samples, length, hop)
-    pos = start[:, None] + torch.arange(length)                                   # (S, length)
-    inside = pos < audio.num_samples[utt][:, None]
-    index = torch.where(inside, audio.sample_offsets[utt][:, None] + pos, 0)
-    wave = torch.where(inside, audio.samples[index], torch.zeros((), dtype=torch.int16))
+    wave = torch.zeros(len(utt), 1, length, dtype=torch.int16)
+    # in chunks: the int64 index of all segments at once would be 8 × the corpus (LibriSpeech: ~70 GB)
+    per = max(1, SEGMENT_CHUNK_SAMPLES // length)
+    for s in range(0, len(utt), per):
+        u, pos = utt[s:s + per], start[s:s + per, None] + torch.arange(length)
+        inside = pos < audio.num_samples[u][:, None]
+        index = torch.where(inside, audio.sample_offsets[u][:, None] + pos, 0)
+        wave[s:s + per, 0] = torch.where(inside, audio.samples[index], torch.zeros((), dtype=torch.int16))
     frames = audio.frame_labels(utt, start // HOP, length // HOP)
-    return ImageSet(wave.unsqueeze(1).contiguous(), audio.speakers[utt].clone(),
+    return ImageSet(wave, audio.speakers[utt].clone(),
                     num_speakers if num_speakers is not None else audio.num_speakers,
                     audio.name, audio.split, audio.source, frame_labels=frames,
                     frame_classes=audio.num_phones)

@@ -25,8 +25,6 @@ class SpeechSegments(DatasetSpec):
     audio: ClassVar[type[AudioSpec]]
     sizes: ClassVar[dict[str, Any]] = {}
     image_shape = (1, SEGMENT)
-    frame_classes: ClassVar[int] = 0
-    """Classes of the frame labels (phones)."""
     frame_name = "phone"
 
     def _load(self, split: str, root: Path | None, download: bool) -> ImageSet:

@@ -24,7 +24,6 @@ Clips are cached as a uint8 store in the user cache (``…/biossl/fashion-action
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from biossl.data.video.clipset import ClipSet
 from biossl.data.video.spec import VideoSpec
 from biossl.data.video.store import StoreWriter, cache_key, read_store
 from biossl.data.video.textures import textures
+from biossl.seeds import hash63
 
 ACTIONS = ("static", "translate-right", "translate-left", "translate-up", "translate-down",
            "rotate-cw", "rotate-ccw", "zoom-in", "zoom-out")
@@ -94,8 +94,7 @@ class FashionActionsConfig:
 
 def split_generator(seed: int, split: str) -> torch.Generator:
     """The generator for (seed, split): independent streams for train and test."""
-    h = hashlib.sha256(f"fashion-actions/{split}/{seed}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") >> 1)
+    return torch.Generator().manual_seed(hash63(f"fashion-actions/{split}/{seed}"))
 
 
 @dataclass

@@ -9,7 +9,6 @@ where each clip starts, so clips of different lengths (UCF-101) and of one lengt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -77,17 +76,6 @@ class ClipSet:
             _check_range(self.objects, len(self.object_names), f"{where}: object label")
         if self.clip_names and len(self.clip_names) != n:
             raise ValueError(f"{where}: {len(self.clip_names)} clip names for {n} clips")
-
-    @classmethod
-    def from_clips(cls, clips: Tensor, labels: Tensor, class_names: Sequence[str], name: str,
-                   split: str, **kw) -> "ClipSet":
-        """A ClipSet of equal-length clips uint8 (N, T, C, H, W) (a view, no copy)."""
-        if clips.dim() != 5:
-            raise ValueError(f"{name}/{split}: clips must be (N, T, C, H, W), got {tuple(clips.shape)}")
-        n, t = clips.shape[:2]
-        offsets = torch.arange(n + 1, dtype=torch.int64) * t
-        return cls(clips.reshape(n * t, *clips.shape[2:]), offsets, labels, tuple(class_names),
-                   name, split, **kw)
 
     def to(self, device: torch.device | str) -> "ClipSet":
         """The same clips with ``frames`` on ``device`` (labels and offsets stay on the CPU,
