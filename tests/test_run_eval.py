@@ -9,7 +9,8 @@ from biossl.checkpoint import load
 from biossl.config import ConfigError, load_config
 from biossl.data import load_dataset
 from biossl.evaluate import evaluate_encoder, extract_features
-from biossl.run_eval import evaluate_run, probe_parts, trained_encoder
+from biossl.assemble import build_inputs
+from biossl.run_eval import evaluate_run, trained_encoder
 from biossl.rundir import CHECKPOINT, load_run_config, save_run_config
 from biossl.train import train
 
@@ -39,7 +40,7 @@ def test_feedback_run_probes_as_the_rule_encoder(tmp_path, overrides):
     cfg = _trained(run, *overrides)
     state = load(run / CHECKPOINT)
     assert any(k.endswith(".feedback") for k in state["rule"])       # B is in the checkpoint
-    spec, recipe, device = probe_parts(cfg)
+    spec, recipe, device = build_inputs(cfg)
     enc, _ = trained_encoder(run, cfg, recipe, spec, device)
     assert not any(k.endswith("feedback") for k in enc.state_dict())  # a plain encoder
     asm = _rule_encoder(run)

@@ -72,7 +72,9 @@ def build_encoder(cfg: RunConfig, recipe, spec, device: torch.device):
     return enc
 
 
-def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
+def build_inputs(cfg: RunConfig, device: torch.device | None = None):
+    """(dataset spec, view recipe, device) of a run, on train.threads CPU threads: what both
+    training (:func:`assemble`) and probing (biossl.run_eval) build first."""
     load_all()
     device = device or resolve_device(cfg.train.device)
     if cfg.train.threads:
@@ -82,6 +84,11 @@ def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
         recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
     except ValueError as e:  # the recipe does not fit the dataset's samples: a config mistake
         raise ConfigError(f"views: {e}") from None
+    return spec, recipe, device
+
+
+def assemble(cfg: RunConfig, device: torch.device | None = None) -> Assembly:
+    spec, recipe, device = build_inputs(cfg, device)
     obj_cls = OBJECTIVES.get(cfg.objective.name).factory
     accepts = obj_cls.accepts_kinds
     if recipe.kind not in accepts:

@@ -176,7 +176,8 @@ def format_bench(rows: list[dict]) -> str:
 
 def write_bench_json(rows: list[dict], out: str | Path, **meta) -> dict:
     """Write ``{machine, date, **meta, rows}`` to ``out`` (parents created); returns it."""
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), **meta, "rows": rows}
+    # the throughput ceiling of the device the cells ran on
+    result = {"machine": machine(rows[0]["device"] if rows else "cpu"), "date": time.strftime("%Y-%m-%d %H:%M"), **meta, "rows": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2))
     return result

@@ -38,11 +38,11 @@ from biossl.config import (SUITES_DIR, ConfigError, RunConfig, apply_overrides, 
 from biossl.data import get_spec
 from biossl.evaluate import MFCC_LABEL, is_waveform
 from biossl.measure import peak_bytes, reset_peak
-from biossl.naming import UNTRAINED, rule_name
+from biossl.naming import RANDOM_INIT, UNTRAINED, rule_name
 from biossl.registry import OBJECTIVES, SCHEDULES, TRANSPORTS
 from biossl.rules.base import plausibility
 from biossl.rundir import RUN_CONFIG, config_changes, load_run_config, save_run_config
-from biossl.suite_report import format_markdown, plot, random_label, top_gain, write_csv
+from biossl.suite_report import format_markdown, plot, random_label, write_csv
 from biossl.suite_result import CellResult, SuiteRow, group_rows
 
 
@@ -119,10 +119,6 @@ RANDOM_INIT_KEYS = ("data.", "views.", "encoder.", "eval.", "train.seed")
 """What a random-init row depends on (its config is borrowed from the family's first cell)."""
 MFCC_KEYS = ("data.", "eval.", "train.seed")
 """What the MFCC row depends on (its config is borrowed from the first waveform cell)."""
-RANDOM_INIT = "random-init"
-"""``evaluate_run``'s name of the random-init baseline."""
-
-
 def probes_waveforms(cfg: RunConfig) -> bool:
     """True when ``cfg`` probes a waveform dataset (samples (1, T)) with ``eval.mfcc`` on."""
     return cfg.eval.mfcc and is_waveform(tuple(get_spec(cfg.eval.dataset or cfg.data.name).image_shape))
@@ -143,11 +139,6 @@ def check_same_config(cfg: RunConfig, cell_dir: Path, only: tuple[str, ...] | No
                           f"directory to re-run the cell, or give the suite another --out")
 
 
-def _encoder_rows(rows: list) -> list:
-    """The first encoder's per-stage ProbeRows (a run's probe may add a random-init encoder)."""
-    return [r for r in rows if r.encoder_label == rows[0].encoder_label]
-
-
 def add_transfer(res: CellResult, cell_dir: Path, datasets: list[str], trained: bool) -> bool:
     """Probe the cell's encoder on each transfer dataset it lacks; True when ``res`` grew.
     Computed after the fact, so adding a transfer dataset to a suite never retrains a cell."""
@@ -158,7 +149,7 @@ def add_transfer(res: CellResult, cell_dir: Path, datasets: list[str], trained: 
             continue
         rows = evaluate_run(cell_dir, [f"eval.dataset={ds}"] + (["eval.random_init=false"] if trained else []),
                             trained=trained, baselines=() if trained else (RANDOM_INIT,))
-        res.transfer[ds] = _encoder_rows(rows)
+        res.transfer[ds] = rows  # one encoder: baselines are explicit
         grew = True
     return grew
 
@@ -197,7 +188,7 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: lis
     res = CellResult(label=cfg.name, seed=cfg.train.seed, rule=rule_name(cfg) if trained else UNTRAINED,
                      objective=cfg.objective.name if trained else "—",
                      encoder=MFCC_LABEL if mfcc else cfg.encoder.name,
-                     views="—" if mfcc else cfg.views.name, rows=_encoder_rows(rows),
+                     views="—" if mfcc else cfg.views.name, rows=rows,
                      images_seen=summary.get("steps", 0) * cfg.train.batch_size,
                      train_seconds=summary.get("train_seconds", 0.0),
                      images_per_s=summary.get("images_per_s", float("nan")),
@@ -205,6 +196,16 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: lis
     add_transfer(res, cell_dir, list(transfer), trained)
     write_text_atomic(json.dumps(res.to_json(), indent=1), result_path)
     return res
+
+
+def _run_baseline(cfg: RunConfig, seed: int, name: str, cell_dir: Path, tag: str, progress: bool,
+                  **kw) -> CellResult:
+    """A baseline row's cell (random init, MFCC): ``cfg`` with this seed and name, probed only."""
+    bcfg = build_config(apply_overrides(cfg.to_dict(), [f"train.seed={seed}", f"name={name}"]))
+    if progress:
+        print(f"[{tag}] {name} seed {seed}: "
+              f"{'finished' if (cell_dir / 'result.json').is_file() else 'running'}", flush=True)
+    return run_cell(bcfg, cell_dir, trained=False, **kw)
 
 
 def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[SuiteRow]:
@@ -238,26 +239,18 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[SuiteRow]:
         frame_names.add(get_spec(cfg.eval.dataset or cfg.data.name).frame_name)
     for key, (cfg, seeds) in randoms.items():
         for seed in seeds:
-            rcfg = build_config(apply_overrides(cfg.to_dict(), [f"train.seed={seed}", f"name={key}"]))
             rdir = out / "cells" / f"random-init-{cfg.encoder.name}-{cfg.views.name}-s{seed}"
-            if progress:
-                print(f"[random] {key} seed {seed}: "
-                      f"{'finished' if (rdir / 'result.json').is_file() else 'running'}", flush=True)
-            groups.setdefault(key, []).append(run_cell(rcfg, rdir, trained=False, transfer=suite.transfer))
+            groups.setdefault(key, []).append(
+                _run_baseline(cfg, seed, key, rdir, "random", progress, transfer=suite.transfer))
     if mfcc_cfg is not None:
         if MFCC_LABEL in groups:
             raise ConfigError(f"suite {suite.name}: a cell is labelled {MFCC_LABEL!r}, the label of the MFCC "
                               f"baseline row; rename the cell (or set eval.mfcc=false)")
         for seed in suite.seeds:
-            mcfg = build_config(apply_overrides(mfcc_cfg.to_dict(), [f"train.seed={seed}", f"name={MFCC_LABEL}"]))
             mdir = out / "cells" / f"baseline-{MFCC_LABEL}-s{seed}"
-            if progress:
-                print(f"[baseline] {MFCC_LABEL} seed {seed}: "
-                      f"{'finished' if (mdir / 'result.json').is_file() else 'running'}", flush=True)
-            groups.setdefault(MFCC_LABEL, []).append(run_cell(mcfg, mdir, trained=False, baseline=MFCC_LABEL))
+            groups.setdefault(MFCC_LABEL, []).append(
+                _run_baseline(mfcc_cfg, seed, MFCC_LABEL, mdir, "baseline", progress, baseline=MFCC_LABEL))
     rows = group_rows(groups, plaus)
-    for r in rows:
-        r.top_gain_vs_random = top_gain(r, rows)
     rows.sort(key=lambda r: (r.trained, r.label))
     # the frame probe's header word ('phone' for speech) when every cell probes the same kind
     frame_name = frame_names.pop() if len(frame_names) == 1 else "frame"

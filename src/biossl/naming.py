@@ -7,6 +7,8 @@ from biossl.config import RunConfig
 
 UNTRAINED = "none"
 """The rule name of a random-init (never trained) encoder's row."""
+RANDOM_INIT = "random-init"
+"""Row label (and ``evaluate_run`` baseline name) of the random-init encoder."""
 
 
 def rule_name(cfg: RunConfig) -> str:

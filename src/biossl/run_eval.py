@@ -13,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-from biossl.assemble import build_encoder, resolve_device
+from biossl.assemble import build_encoder, build_inputs
 from biossl.checkpoint import load, write_text_atomic
 from biossl.config import ConfigError, RunConfig, apply_overrides, build_config
 from biossl.data import get_spec, load_dataset
 from biossl.data.resize import fit_images, resize_note
 from biossl.evaluate import (MFCC_LABEL, ProbeRow, evaluate_encoder, evaluate_mfcc, format_table,
-                             is_waveform, plot_rows, write_csv)
-from biossl.naming import encoder_label
-from biossl.registry import VIEWS, load_all
+                             is_waveform, limit_splits, plot_rows, write_csv)
+from biossl.naming import RANDOM_INIT, encoder_label
 from biossl.rundir import CHECKPOINT, config_changes, load_run_config
 from biossl.trained_encoder import load_trained_weights
 
@@ -53,19 +52,6 @@ def probe_stem(run_dir: str | Path, overrides: list[str] = ()) -> Path:
     return _stem(run_dir, *_eval_configs(run_dir, overrides))
 
 
-def probe_parts(cfg: RunConfig, device: torch.device | None = None):
-    """(training dataset spec, view recipe, device) of a run: what its encoder is built and
-    probed with, on train.threads CPU threads as in training. (assemble builds the same
-    spec and recipe, next to the rule a probe does not need.)"""
-    load_all()
-    device = device or resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    spec = get_spec(cfg.data.name)
-    recipe = VIEWS.build(cfg.views.name, cfg.views.params, tuple(spec.image_shape))
-    return spec, recipe, device
-
-
 def trained_encoder(run_dir: str | Path, cfg: RunConfig, recipe, spec, device: torch.device):
     """(the run's encoder with the checkpoint's weights, the checkpoint)."""
     state = load(Path(run_dir) / CHECKPOINT, map_location="cpu")
@@ -76,10 +62,6 @@ def trained_encoder(run_dir: str | Path, cfg: RunConfig, recipe, spec, device: t
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-RANDOM_INIT = "random-init"
-"""Row label (and ``baselines`` name) of the random-init encoder."""
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool | None = None,
@@ -94,7 +76,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
     With frame labels (speech: phones) every row also gets the frame-level probe."""
     run_dir = Path(run_dir)
     base, cfg = _eval_configs(run_dir, overrides)
-    train_spec, recipe, device = probe_parts(cfg)
+    train_spec, recipe, device = build_inputs(cfg)
     rows = []
     dataset = cfg.eval.dataset or cfg.data.name
     spec = get_spec(dataset)
@@ -109,14 +91,9 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), progress: bool 
                           f"{tuple(spec.image_shape)}: set eval.mfcc=false")
     train = load_dataset(dataset, spec.probe_train_split, root=cfg.data.root, download=cfg.data.download)
     test = load_dataset(dataset, spec.test_split, root=cfg.data.root, download=cfg.data.download)
-    tr_x, tr_y, tr_f = train.images, train.labels, train.frame_labels
-    te_x, te_y, te_f = test.images, test.labels, test.frame_labels
-    if cfg.eval.max_train:
-        tr_x, tr_y = tr_x[: cfg.eval.max_train], tr_y[: cfg.eval.max_train]
-        tr_f = tr_f[: cfg.eval.max_train] if tr_f is not None else None
-    if cfg.eval.max_test:
-        te_x, te_y = te_x[: cfg.eval.max_test], te_y[: cfg.eval.max_test]
-        te_f = te_f[: cfg.eval.max_test] if te_f is not None else None
+    # cut before resizing: the probes would cut the same first N anyway
+    tr_x, tr_y, tr_f, te_x, te_y, te_f = limit_splits(cfg.eval, train.images, train.labels, train.frame_labels,
+                                                      test.images, test.labels, test.frame_labels)
     note = ""
     shape = tuple(train_spec.image_shape)
     if tuple(spec.image_shape) != shape:

@@ -74,7 +74,7 @@ def format_markdown(suite: Suite, rows: list[SuiteRow], protocols: list[str],
     stages = max(r.n_stages for r in rows)
     frames = any(r.has_frames for r in rows)
     frame_cols = [f"{frame_name} s{s}" for s in range(1, stages + 1)] if frames else []
-    few = next((r.results[0].rows[0].per_class for r in rows if r.results and r.results[0].rows), 100)
+    few = next((r.first.rows[0].per_class for r in rows if r.results and r.first.rows), 100)
     head = ["cell", "rule", "objective"] + [f"probe s{s}" for s in range(1, stages + 1)] + frame_cols + \
         ["Δ top vs random", "kNN top", f"{few}/class top", "images seen", "train s", "img/s",
          "peak MiB", "(i)-(iv)"]
@@ -131,8 +131,9 @@ def transfer_markdown(ds: str, rows: list[SuiteRow], stages: int, seeds: int) ->
 
 
 # --------------------------------------------------------------------------- CSV
-def csv_record(row: SuiteRow) -> dict:
-    """The CSV columns of one row (names as ``results.csv`` has always had them)."""
+def csv_record(row: SuiteRow, rows: list[SuiteRow] = ()) -> dict:
+    """The CSV columns of one row (names as ``results.csv`` has always had them); ``rows``:
+    the suite's rows, where its random-init reference is."""
     stages = range(1, row.n_stages + 1)
     rec = {"label": row.label, "rule": row.rule, "objective": row.objective, "encoder": row.encoder,
            "views": row.views, "seeds": row.seeds}
@@ -146,13 +147,13 @@ def csv_record(row: SuiteRow) -> dict:
     for ds in row.transfer_datasets:
         rec[f"transfer_{ds}_protocol"] = row.protocol(ds)
     rec["n_stages"] = row.n_stages
-    rec["top_gain_vs_random"] = row.top_gain_vs_random
+    rec["top_gain_vs_random"] = top_gain(row, rows)
     return rec
 
 
 def write_csv(rows: list[SuiteRow], path: Path) -> None:
     """One line per row: mean±std cells for the accuracies, then the four conditions."""
-    records = [csv_record(r) for r in rows]
+    records = [csv_record(r, rows) for r in rows]
     keys: list[str] = []
     for rec in records:
         keys += [k for k in rec if k not in keys]
@@ -190,8 +191,7 @@ def plot(rows: list[SuiteRow], path: Path, title: str, frame_name: str = "frame"
             mine = [r for r in rows if r.views == fam and not is_shared(r)]
             for k, r in enumerate(mine + shared):
                 xs = list(range(1, r.n_stages + 1))
-                ys = [r.stat(metric, s)[0] for s in xs]
-                err = [r.stat(metric, s)[1] for s in xs]
+                ys, err = zip(*(r.stat(metric, s) for s in xs))
                 if is_shared(r):   # one feature set, not a stack: a level line across the stages
                     ax.axhline(ys[-1], ls=":", color="0.4", lw=2, label=r.label)
                 elif not r.trained:

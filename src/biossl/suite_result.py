@@ -116,8 +116,6 @@ class SuiteRow:
     """One result per seed (the first one names the rule, objective, encoder and views)."""
     plausible: dict[str, bool] = field(default_factory=dict)
     """Bio-SSL plausibility conditions met by the rule with its objective; empty: not rated."""
-    top_gain_vs_random: float = float("nan")
-    """Top-stage probe minus that of the random-init row of its family (set by the suite)."""
 
     @property
     def first(self) -> CellResult:

@@ -77,7 +77,7 @@ def protocol_string(cfg: EvalConfig, pooling: str, n_train: int, n_test: int,
     return "; ".join(parts)
 
 
-def _limit(cfg: EvalConfig, train_images: Tensor, train_labels: Tensor, train_frames: Tensor | None,
+def limit_splits(cfg: EvalConfig, train_images: Tensor, train_labels: Tensor, train_frames: Tensor | None,
            test_images: Tensor, test_labels: Tensor, test_frames: Tensor | None):
     """``cfg.max_train`` / ``cfg.max_test``: the first N samples of each split (and their frames)."""
     if cfg.max_train is not None:
@@ -142,7 +142,7 @@ def evaluate_encoder(encoder: StageStack, label: str, train_images: Tensor, trai
                                    seed, progress, frame_name=frame_name)
         finally:
             encoder.train(was_training)
-    train_images, train_labels, _, test_images, test_labels, _ = _limit(
+    train_images, train_labels, _, test_images, test_labels, _ = limit_splits(
         cfg, train_images, train_labels, None, test_images, test_labels, None)
     # One image tells how the recipe feeds evaluation ('plain' or a patch 'grid').
     kind = recipe.eval_batch(train_images[:1].to(device)).kind
@@ -173,7 +173,7 @@ def evaluate_stages(stages: StageFn, label: str, train_x: Tensor, train_labels: 
     with_frames = train_frames is not None and test_frames is not None and frame_classes > 0
     if not with_frames:
         train_frames = test_frames = None
-    train_x, train_labels, train_frames, test_x, test_labels, test_frames = _limit(
+    train_x, train_labels, train_frames, test_x, test_labels, test_frames = limit_splits(
         cfg, train_x, train_labels, train_frames, test_x, test_labels, test_frames)
     sel_tr = sel_te = None
     if with_frames:
