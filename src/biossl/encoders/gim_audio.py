@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from biossl.bounds import PositiveInt
 from biossl.encoders.base import StageStack
+from biossl.encoders.layers import conv_stage
 
 
 @dataclass
@@ -54,7 +55,7 @@ def gim_audio(cfg: GimAudioConfig, in_channels: int) -> StageStack:
     stages: list[nn.Module] = []
     cin = in_channels
     for k, s, p in zip(cfg.kernels, cfg.strides, cfg.padding):
-        stages.append(nn.Sequential(nn.Conv1d(cin, cfg.channels, k, stride=s, padding=p), nn.ReLU()))
+        stages.append(conv_stage(cin, cfg.channels, kernel=k, stride=s, padding=p, bias=True, dims=1))
         cin = cfg.channels
     if cfg.autoregressor is not None:
         stages.append(Autoregressor(cin, cfg.autoregressor))

@@ -22,11 +22,13 @@ def activation(name: str) -> nn.Module:
 
 def conv_stage(cin: int, cout: int, *, act: str | None = "relu", pool: bool = False,
                kernel: int = 3, bias: bool = False, batchnorm: bool = False,
-               dims: int = 2) -> nn.Sequential:
-    """conv (k×k, 'same' padding) → [batch norm] → [nonlinearity] → [max-pool 2].
+               dims: int = 2, stride: int = 1, padding: int | None = None) -> nn.Sequential:
+    """conv (k×k, stride, padding — default 'same': kernel // 2) → [batch norm] →
+    [nonlinearity] → [max-pool 2].
 
     ``act`` None leaves the nonlinearity out (conv → pool), as in the official conv6."""
-    layers: list[nn.Module] = [_CONV[dims](cin, cout, kernel, padding=kernel // 2, bias=bias)]
+    pad = kernel // 2 if padding is None else padding
+    layers: list[nn.Module] = [_CONV[dims](cin, cout, kernel, stride=stride, padding=pad, bias=bias)]
     if batchnorm:
         layers.append(_BN[dims](cout))
     if act is not None:

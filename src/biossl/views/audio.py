@@ -16,14 +16,13 @@ from torch import Tensor
 from biossl.bounds import PositiveInt
 from biossl.data.speech.audioset import HOP as FRAME  # samples per 10 ms frame at 16 kHz: the crop grid
 from biossl.data.speech.audioset import waveform_to_float
-from biossl.views.base import ViewRecipe
+from biossl.views.base import ViewRecipe, check_samples
 from biossl.views.batch import ViewBatch
 
 
 def check_waveforms(x: Tensor) -> None:
-    if x.dim() != 3 or x.dtype != torch.int16:
-        raise ValueError(f"audio views take int16 waveform segments (N, 1, T), got {x.dtype} "
-                         f"{tuple(x.shape)}; use them with a speech dataset (e.g. data.name=espeak-speech)")
+    check_samples(x, torch.int16, 3, "audio views take int16 waveform segments (N, 1, T)",
+                  "; use them with a speech dataset (e.g. data.name=espeak-speech)")
 
 
 @dataclass

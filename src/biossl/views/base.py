@@ -9,10 +9,16 @@ from torch import Tensor
 from biossl.views.batch import Kind, ViewBatch
 
 
+def check_samples(x: Tensor, dtype: torch.dtype, dims: int, what: str, hint: str = "") -> None:
+    """ValueError unless ``x`` is a batch of ``dtype`` with ``dims`` axes: what a recipe takes
+    (``what``, e.g. 'uint8 (N, C, H, W) images'); ``hint`` says how to fix it."""
+    if x.dim() != dims or x.dtype != dtype:
+        raise ValueError(f"{what}, got {x.dtype} {tuple(x.shape)}{hint}")
+
+
 def check_uint8_images(x: Tensor) -> None:
     """Recipes take the dataset's uint8 (N, C, H, W) batches; anything else is a caller bug."""
-    if x.dim() != 4 or x.dtype != torch.uint8:
-        raise ValueError(f"view recipes take uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+    check_samples(x, torch.uint8, 4, "view recipes take uint8 (N, C, H, W) images")
 
 
 def to_float(x: Tensor) -> Tensor:

@@ -29,15 +29,14 @@ from torch import Tensor
 
 from biossl.bounds import PositiveInt
 from biossl.views.augment import affine_warp, sample_affine
-from biossl.views.base import ViewRecipe, to_float, to_unit, unit_to_input
+from biossl.views.base import ViewRecipe, check_samples, to_float, to_unit, unit_to_input
 from biossl.views.batch import ViewBatch
 from biossl.views.recipes import _check_in, _check_range, _check_size, _out_hw
 
 
 def check_clips(x: Tensor) -> None:
-    if x.dim() != 5 or x.dtype != torch.uint8:
-        raise ValueError(f"clip views take uint8 clips (N, C, T, H, W), got {x.dtype} {tuple(x.shape)}; "
-                         f"use them with a video dataset (e.g. data.name=fashion-actions)")
+    check_samples(x, torch.uint8, 5, "clip views take uint8 clips (N, C, T, H, W)",
+                  "; use them with a video dataset (e.g. data.name=fashion-actions)")
 
 
 @dataclass
