@@ -225,7 +225,6 @@ class LibriSpeech(AudioSpec):
     name = NAME
     splits = ("train", "test")
     num_phones = NUM_PHONES
-    num_speakers = 251
 
     def _load(self, split: str, root: Path | None, download: bool, **sizes: Any) -> AudioSet:
         progress = sizes.pop("progress", None)

@@ -1,5 +1,6 @@
-"""What every speech source declares (:class:`AudioSpec`): its splits, which split each
-training phase reads, its phone and speaker counts, and :meth:`AudioSpec.load`."""
+"""What every speech source declares (:class:`AudioSpec`): its splits, its phone count and
+:meth:`AudioSpec.load`. (The registered datasets, biossl.data.speech.sources, say which
+split each phase reads.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,11 +18,7 @@ class AudioSpec:
 
     name: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
-    ssl_split: ClassVar[str] = "train"          # read by self-supervised training
-    probe_train_split: ClassVar[str] = "train"  # labelled split the probes are fit on
-    test_split: ClassVar[str] = "test"          # labelled split probes are scored on
     num_phones: ClassVar[int] = 0
-    num_speakers: ClassVar[int | None] = None   # None: depends on the files / the sizes
 
     def load(self, split: str, root: str | Path | None = None, download: bool = False,
              **sizes: Any) -> AudioSet:

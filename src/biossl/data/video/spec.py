@@ -1,5 +1,6 @@
-"""What every video source declares (:class:`VideoSpec`): its splits, which split each
-training phase reads, and a typed config of its sizes, overridable per ``load`` call."""
+"""What every video source declares (:class:`VideoSpec`): its splits and a typed config of
+its sizes, overridable per ``load`` call. (The registered datasets,
+biossl.data.video.sources, say which split each phase reads.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -18,9 +19,6 @@ class VideoSpec:
 
     name: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
-    ssl_split: ClassVar[str] = "train"          # read by self-supervised training
-    probe_train_split: ClassVar[str] = "train"  # labelled split the probes are fit on
-    test_split: ClassVar[str] = "test"          # labelled split probes are scored on
     num_classes: ClassVar[int] = 0              # action classes
     Config: ClassVar[type]
 
