@@ -21,6 +21,6 @@ class Simultaneous(Schedule):
             x = u.out
             losses.append(u.loss)
             out[f"loss/stage{k}"] = u.loss
-            out.update({f"{key}/stage{k}" if "/" not in key else key: v for key, v in u.log.items()})
+            out.update(u.log)  # transports name their per-stage numbers ('recon/stage2', …)
         out["loss"] = sum(losses) / len(losses)
         return out
