@@ -133,6 +133,18 @@ class EvalConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the processes of a torchrun launch share the work (one process: ignored).
+
+    The launch's world size W is split as ``stage_groups`` × replicas: each replica trains on
+    its shard of every global batch (data parallel), and within a replica each stage group
+    is one process (layer parallel, simultaneous schedule only)."""
+    stage_groups: PositiveInt = 1
+    """Layer-parallel: consecutive groups of encoder stages, each trained by its own process
+    (1: every process holds the whole encoder, plain data parallel)."""
+
+
+@dataclass
 class Component:
     """One choice on an axis: its registered name and its validated parameters."""
     name: str
@@ -163,6 +175,8 @@ class RunConfig:
     """Optimisation, device and checkpointing."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Probe protocol of ``biossl eval``."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Data- and layer-parallel training under torchrun (biossl.distributed)."""
     name: str = "run"
     """Run name (the run directory's default name)."""
 

@@ -28,7 +28,7 @@ APPLIED_ON_RESUME = ("name", "train.epochs", "train.lr", "train.weight_decay", "
                      "train.threads", "train.precision", "train.channels_last",
                      "train.compile", "train.checkpoint_every", "train.checkpoint_minutes",
                      "train.log_every", "train.divergence_factor", "transport.inverse_lr",
-                     "data.root", "data.download", "eval.")
+                     "data.root", "data.download", "eval.", "parallel.")
 """Config keys (or prefixes, ending in '.') a resumed run may change; nothing saved depends
 on them. Optimizer hyper-parameters are written into the restored optimizers."""
 
