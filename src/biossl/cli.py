@@ -15,6 +15,7 @@ EPILOG = """examples:
   biossl config fmnist-bp-hinge train.lr=3e-4
   biossl train fmnist-bp-hinge train.epochs=1 --out runs/demo
   biossl train --resume runs/demo
+  biossl train --nproc 2 fmnist-bp-hinge --out runs/demo2   (= torchrun --nproc_per_node 2 -m biossl train …)
   biossl eval runs/demo
   biossl bench
   biossl compare fmnist-quick
@@ -64,10 +65,28 @@ def _default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _launch_train(args) -> int:
+    """``biossl train --nproc N …``: the same command under torchrun (N processes, one node);
+    --eval runs here afterwards, once."""
+    from biossl.config import load_config
+    from biossl.distributed.launch import run_torchrun
+    rest = list(args.train_argv)
+    run_dir = args.resume or args.out
+    if not run_dir and args.config and not args.resume:  # one name for every process
+        run_dir = str(_default_out(load_config(args.config, args.overrides).name))
+        rest += ["--out", run_dir]
+    code = run_torchrun(args.nproc, [a for a in rest if a != "--eval"])
+    if code == 0 and args.eval:
+        return _eval(run_dir, [])
+    return code
+
+
 def _cmd_train(args) -> int:
     from biossl.config import load_config
     from biossl.rundir import q
     from biossl.train import train
+    if args.nproc is not None:
+        return _launch_train(args)
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--out is not used with --resume: the run continues in {args.resume}; "
@@ -88,7 +107,8 @@ def _cmd_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = args.out or _default_out(cfg.name)
         summary = train(cfg, run_dir, overwrite=args.overwrite)
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # one summary per launch
+        print(json.dumps(summary))
     if args.eval:
         return _eval(run_dir, [])
     return 0
@@ -152,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="delete a previous run in --out first (it lists what it deletes)")
     s.add_argument("--eval", action="store_true", help="run the probe table after training")
+    s.add_argument("--nproc", type=_count(1), metavar="N",
+                   help="train with N processes on this machine (data parallel; train.batch_size stays "
+                        "the global batch): runs torchrun --standalone --nproc_per_node N -m biossl "
+                        "train … (docs/distributed.md)")
     s.set_defaults(fn=_cmd_train)
     s = sub.add_parser("eval", help="per-stage probe table of a run (and its random-init encoder)")
     s.add_argument("run_dir")
@@ -177,9 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_argv(argv: list[str]) -> list[str]:
+    """``train``'s arguments without --nproc (what each launched process gets)."""
+    out, skip = [], False
+    for a in argv[argv.index("train") + 1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _say(text: str) -> None:
+    """An error line, printed once per launch (by rank 0; every process of it stops alike)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        args.train_argv = _train_argv(argv)
     from biossl.checkpoint import CorruptCheckpoint
+    from biossl.distributed.launch import PeerFailed
     from biossl.rundir import RunDirError
     from biossl.train import CheckpointWriteError, TrainingDiverged, TrainingInterrupted
     try:
@@ -189,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except TrainingInterrupted as e:
-        print(f"biossl: {e}", file=sys.stderr)
+        _say(f"biossl: {e}")
+        return e.exit_code
+    except PeerFailed as e:  # rank 0 printed it
         return e.exit_code
     except (ConfigError, DatasetError, TrainingDiverged, RunDirError, CorruptCheckpoint,
             CheckpointWriteError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"biossl: error: {msg}", file=sys.stderr)
+        _say(f"biossl: error: {msg}")
         return 2
     except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

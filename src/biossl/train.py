@@ -11,6 +11,8 @@ Run directory layout::
     RUN_DIR/diverged.json    where and why the run diverged (until it is resumed with a change)
     RUN_DIR/.lock            flock'ed while a process trains the run (see biossl.rundir)
 
+Under a torchrun launch every process runs :func:`train` on its shard of each global batch
+(biossl.distributed.launch: rank 0 alone touches the run directory; docs/distributed.md).
 A run directory is trained by one process at a time (biossl.rundir); a directory holding
 anything of a run is only continued or, when asked, deleted first, and a resume may change
 some keys of the config (biossl.resume). Signals: biossl.stopping. Blow-ups: biossl.divergence.
@@ -31,6 +33,7 @@ from biossl.assemble import Assembly, assemble
 from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
+from biossl.distributed.launch import World
 from biossl.divergence import LossWatch
 from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
@@ -97,6 +100,12 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, over
     previous run in ``run_dir`` first (it says what it deletes). ``stop_after_steps``
     simulates an interruption after that many global steps (tests).
     """
+    world = World.from_env()  # one process, or this one's place in a torchrun launch
+    with world.joined(agreed=(TrainingInterrupted, TrainingDiverged)):
+        return _train_as(world, cfg, run_dir, resume, overwrite, overrides, progress, stop_after_steps)
+
+
+def _train_as(world: World, cfg, run_dir, resume, overwrite, overrides, progress, stop_after_steps) -> dict:
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the directory and --overwrite deletes it: give one")
@@ -105,17 +114,21 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, over
     if resume and not run_dir.is_dir():
         raise RunDirError(f"--resume: there is no directory {run_dir}; start a run there with: "
                           f"biossl train CONFIG --out {q(run_dir)}")
-    make_writable_dir(run_dir)
-    with lock_run(run_dir), StopFlag() as stop:
-        loop = None
-        try:
+    with contextlib.ExitStack() as held, StopFlag() as stop:
+        def set_up():  # rank 0 only: the run directory is its alone
+            make_writable_dir(run_dir)
+            held.enter_context(lock_run(run_dir))
             stray = remove_stray_temp_files(run_dir)
             if stray:
                 note(f"removed {len(stray)} temporary file(s) an earlier killed process left "
                      f"in {run_dir}: {', '.join(stray)}")
-            res = (prepare_resume(cfg, list(overrides), run_dir) if resume
-                   else prepare_fresh(cfg, list(overrides), run_dir, overwrite))
-            loop = _Loop(res, run_dir, stop, progress, stop_after_steps)
+            return (prepare_resume(cfg, list(overrides), run_dir) if resume
+                    else prepare_fresh(cfg, list(overrides), run_dir, overwrite))
+
+        loop = None
+        try:
+            res = world.from_main(set_up)
+            loop = _Loop(res, run_dir, stop, progress, stop_after_steps, world)
             return loop.run()
         except StopNow as e:  # a second signal before the loop's own handling
             if loop is not None:
@@ -137,8 +150,10 @@ def _write_failed(e: OSError, run_dir: Path, saved_step: int | None) -> Checkpoi
 class _Loop:
     """One training process on a locked run directory."""
 
-    def __init__(self, res: StartPoint, run_dir: Path, stop: StopFlag, progress, stop_after_steps):
-        self.res, self.cfg, self.run_dir, self.stop = res, res.cfg, run_dir, stop
+    def __init__(self, res: StartPoint, run_dir: Path, stop: StopFlag, progress, stop_after_steps,
+                 world: World = World()):
+        self.res, self.cfg, self.run_dir, self.stop, self.world = res, res.cfg, run_dir, stop, world
+        self.metrics_file = None  # rank 0's
         self.ckpt_path = run_dir / CHECKPOINT
         self.progress, self.stop_after_steps = progress, stop_after_steps
         self.epoch, self.step_in_epoch, self.global_step, self.elapsed = 0, 0, 0, 0.0
@@ -147,12 +162,17 @@ class _Loop:
 
     # ---------------------------------------------------------------- set-up
     def run(self) -> dict:
-        cfg, run_dir, res = self.cfg, self.run_dir, self.res
-        asm: Assembly = assemble(cfg)
+        cfg, run_dir, res, world = self.cfg, self.run_dir, self.res, self.world
+        shard = world.shard(cfg.train.batch_size)  # this process's rows of every global batch
+        asm: Assembly = assemble(cfg, world.device(cfg.train.device))
         self.rule, recipe, device = asm.rule, asm.recipe, asm.device
         rule = self.rule
-        data = load_dataset(cfg.data.name, asm.spec.ssl_split, root=cfg.data.root, download=cfg.data.download)
-        write_text_atomic(f"{data.source}\n", run_dir / DATA_SOURCE)  # the copy of the dataset read
+        rule.distribute(world.replicas(cfg.parallel.stage_groups))
+        with world.main_first():  # rank 0 fills the dataset caches, then the others read them
+            data = load_dataset(cfg.data.name, asm.spec.ssl_split, root=cfg.data.root,
+                                download=cfg.data.download)
+        if world.is_main:
+            write_text_atomic(f"{data.source}\n", run_dir / DATA_SOURCE)  # the copy of the dataset read
         images = data.images if cfg.data.train_subset is None else data.images[: cfg.data.train_subset]
         if device.type == "cuda":
             images = images.to(device)  # uint8 fits; views are made on the device
@@ -163,7 +183,7 @@ class _Loop:
         steps_per_epoch = n // bs  # full batches only: every step sees the same batch size
         if cfg.train.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-        self.view_gen = generator(cfg.train.seed, "views", device=device)
+        self.view_gen = generator(cfg.train.seed, "views", *world.view_stream(), device=device)
         self.watch = LossWatch(cfg.train.divergence_factor)
         total_epochs = rule.num_epochs()
         total_steps = total_epochs * steps_per_epoch
@@ -183,14 +203,35 @@ class _Loop:
             if self.epoch >= total_epochs:
                 longer = (f"biossl train --resume {q(run_dir)} train.epochs={2 * total_epochs}"
                           if total_epochs == cfg.train.epochs else "start a new run")
-                note(f"{run_dir} is finished ({total_epochs} epochs, global step "
-                     f"{self.global_step}): nothing to train. To train longer: {longer}")
+                if world.is_main:
+                    note(f"{run_dir} is finished ({total_epochs} epochs, global step "
+                         f"{self.global_step}): nothing to train. To train longer: {longer}")
                 return {"run_dir": str(run_dir), "steps": self.global_step, "done": True, "resumed": True}
+        if world.is_main:  # the run directory is rank 0's alone
+            self._start_writing(res)
+        writer = _tensorboard(run_dir, self.global_step if self.global_step else None) if world.is_main else None
+        show = (sys.stderr.isatty() if self.progress is None else self.progress) and world.is_main
+        bar = tqdm(total=total_steps, initial=self.epoch * steps_per_epoch + self.step_in_epoch,
+                   disable=not show, desc=cfg.name, unit="step", dynamic_ncols=True)
+        try:
+            return self._train(images, recipe, device, bs, shard, n, steps_per_epoch, total_epochs,
+                               bar, writer, show)
+        except StopNow as e:
+            raise self.stopped(e.signum, saved_now=False, second=True) from None
+        finally:
+            bar.close()
+            if self.metrics_file is not None:
+                self.metrics_file.close()
+            if writer is not None:
+                writer.close()
+
+    def _start_writing(self, res: StartPoint) -> None:
+        run_dir = self.run_dir
         with self._writing():
             if res.state is not None:
                 _trim_metrics(run_dir / METRICS, self.global_step)
             # written only now: a run refused during set-up leaves the directory as it was
-            save_run_config(cfg, run_dir)
+            save_run_config(self.cfg, run_dir)
             (run_dir / DIVERGED).unlink(missing_ok=True)
             self.metrics_file = open(run_dir / METRICS, "a")
             if res.changes:
@@ -198,20 +239,6 @@ class _Loop:
                      f"{self.global_step}): {show_changes(res.changes)}")
                 self._log({"step": self.global_step, "event": "resume_config_change",
                            "changed": {k: [a, b] for k, (a, b) in res.changes.items()}})
-        writer = _tensorboard(run_dir, self.global_step if self.global_step else None)
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        bar = tqdm(total=total_steps, initial=self.epoch * steps_per_epoch + self.step_in_epoch,
-                   disable=not show, desc=cfg.name, unit="step", dynamic_ncols=True)
-        try:
-            return self._train(images, recipe, device, bs, n, steps_per_epoch, total_epochs, bar,
-                               writer, show)
-        except StopNow as e:
-            raise self.stopped(e.signum, saved_now=False, second=True) from None
-        finally:
-            bar.close()
-            self.metrics_file.close()
-            if writer is not None:
-                writer.close()
 
     def _restore(self, state: dict) -> None:
         rule = self.rule
@@ -230,11 +257,27 @@ class _Loop:
             for o, groups in zip(rule.optimizers, fresh):
                 for g, hyper in zip(o.param_groups, groups):
                     g.update(hyper)
-        self.view_gen.set_state(state["view_generator"])
+        self._restore_views(state)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = self.saved_step = state["global_step"]
         self.elapsed = state.get("elapsed", 0.0)
         self.watch.load_state_dict(state.get("loss_watch", {}))
+
+    def _restore_views(self, state: dict) -> None:
+        """Each process's view stream as saved; after a change of the number of processes
+        every process starts a fresh stream seeded by (rank, global step): the streams are
+        per process, so no saved one is this process's (all else resumes exactly)."""
+        world = self.world
+        saved = state.get("view_generators") or [state["view_generator"]]
+        if len(saved) == world.size:
+            self.view_gen.set_state(saved[world.rank])
+            return
+        self.view_gen = generator(self.cfg.train.seed, "views", world.rank, state["global_step"],
+                                  device=self.view_gen.device)
+        if world.is_main:
+            note(f"resuming a run saved by {len(saved)} process(es) with {world.size}: the views "
+                 f"(crops, flips, saccades) continue from fresh per-process streams; data order, "
+                 f"weights, optimizers and the objectives' draws continue exactly")
 
     # ---------------------------------------------------------------- pieces
     @contextlib.contextmanager
@@ -247,15 +290,23 @@ class _Loop:
             raise _write_failed(e, self.run_dir, self.saved_step) from None
 
     def _log(self, row: dict) -> None:
+        if self.metrics_file is None:  # not rank 0
+            return
         with self._writing():
             self.metrics_file.write(json.dumps(row) + "\n")
             self.metrics_file.flush()
 
     def _checkpoint(self, done: bool = False) -> None:
-        state = {"rule": self.rule.state_dict(), "view_generator": self.view_gen.get_state(),
+        views = self.world.gather_objects(self.view_gen.get_state())  # every process's stream
+        if not self.world.is_main:
+            self.saved_step, self.loss_on_saved = self.global_step, None
+            return
+        state = {"rule": self.rule.state_dict(), "view_generator": views[0],
                  "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "global_step": self.global_step, "elapsed": self.elapsed, "done": done,
                  "config": self.cfg.to_dict(), "loss_watch": self.watch.state_dict()}
+        if self.world.distributed:
+            state["view_generators"] = views
         self.stop.saving = True
         try:
             save_atomic(state, self.ckpt_path)
@@ -307,14 +358,17 @@ class _Loop:
                      f"its weights was {self.loss_on_saved:.4g}) and is kept.")
             fix = (f"resume it with a lower learning rate (applied to every optimizer): biossl train "
                    f"--resume {q(run_dir)} train.lr={lr:.2g}, or start again: {restart}")
-        write_text_atomic(json.dumps({"global_step": self.global_step + 1, "reason": reason,
-                                      "settings": remedy_settings(cfg), "checkpoint_step": self.saved_step,
-                                      "fix": fix}), run_dir / DIVERGED)
+        if self.world.is_main:
+            write_text_atomic(json.dumps({"global_step": self.global_step + 1, "reason": reason,
+                                          "settings": remedy_settings(cfg),
+                                          "checkpoint_step": self.saved_step, "fix": fix}), run_dir / DIVERGED)
         return TrainingDiverged(f"{where} {truth} Fix: {fix}")
 
     # ---------------------------------------------------------------- the loop
-    def _train(self, images, recipe, device, bs, n, steps_per_epoch, total_epochs, bar, writer, show) -> dict:
-        cfg, rule, stop = self.cfg, self.rule, self.stop
+    def _train(self, images, recipe, device, bs, shard, n, steps_per_epoch, total_epochs, bar, writer,
+               show) -> dict:
+        cfg, rule, stop, world = self.cfg, self.rule, self.stop, self.world
+        mine = slice(world.rank * shard, (world.rank + 1) * shard)  # my rows of each global batch
         every_s = cfg.train.checkpoint_minutes * 60
         self.last_save = time.monotonic()
         steps_here = 0
@@ -325,16 +379,21 @@ class _Loop:
             rule.train()
             t_epoch = time.perf_counter()
             while self.step_in_epoch < steps_per_epoch:
-                if stop.signal is not None and steps_here == 0:  # a signal during set-up
+                if stop.signal is not None and steps_here == 0 and not world.distributed:  # in set-up
                     raise self.stopped(stop.signal, saved_now=False)
                 t0 = time.perf_counter()
-                idx = order[self.step_in_epoch * bs:(self.step_in_epoch + 1) * bs]
+                idx = order[self.step_in_epoch * bs:(self.step_in_epoch + 1) * bs][mine]
                 x = images[idx.to(images.device)].to(device, non_blocking=True)
                 batch = recipe(x, self.view_gen)
                 if cfg.train.channels_last and batch.x.dim() == 4 and device.type == "cuda":
                     batch.x = batch.x.contiguous(memory_format=torch.channels_last)
                 try:
                     out = rule.step(batch)
+                    # all processes agree: the global loss (mean of the ranks'), a stop any of
+                    # them was asked for, and rank 0's clock for the timed checkpoint
+                    out, agreed = world.agree(out, {
+                        "stop": stop.signal is not None,
+                        "due": world.is_main and time.monotonic() - self.last_save >= every_s}, device)
                     reason = self.watch.check(out["loss"])
                 except NonFiniteLoss as e:
                     reason = str(e)
@@ -359,17 +418,18 @@ class _Loop:
                             if k not in ("step", "epoch") and isinstance(v, (int, float)):
                                 writer.add_scalar(k, v, self.global_step)
                     bar.set_postfix(loss=f"{last_loss:.4g}")
-                halt = stop.signal is not None or (self.stop_after_steps is not None
-                                                   and self.global_step >= self.stop_after_steps)
+                halt = agreed["stop"] > 0 or (self.stop_after_steps is not None
+                                              and self.global_step >= self.stop_after_steps)
                 first = steps_here == 1 and self.saved_step is None  # fails fast if it cannot save
-                if (halt or first or self.global_step % cfg.train.checkpoint_every == 0
-                        or time.monotonic() - self.last_save >= every_s):
+                if halt or first or self.global_step % cfg.train.checkpoint_every == 0 or agreed["due"]:
                     self._checkpoint()
-                if halt:
-                    raise self.stopped(stop.signal, saved_now=True)
-            print(f"[{cfg.name}] epoch {self.epoch + 1}/{total_epochs} loss {last_loss:.4g} "
-                  f"({time.perf_counter() - t_epoch:.1f}s)", file=sys.stderr if show else sys.stdout,
-                  flush=True)
+                if halt:  # a rank that got no signal itself stops as the others (torchrun's SIGTERM)
+                    raise self.stopped(stop.signal or (signal.SIGTERM if agreed["stop"] else None),
+                                       saved_now=True)
+            if world.is_main:
+                print(f"[{cfg.name}] epoch {self.epoch + 1}/{total_epochs} loss {last_loss:.4g} "
+                      f"({time.perf_counter() - t_epoch:.1f}s)", file=sys.stderr if show else sys.stdout,
+                      flush=True)
             self.epoch += 1
             self.step_in_epoch = 0
             self._checkpoint(done=self.epoch >= total_epochs)

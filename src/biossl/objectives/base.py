@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.views.batch import Kind, ViewBatch
 
 
@@ -37,6 +38,16 @@ class Objective(nn.Module):
     grad_block: bool = False
     """True when the first view enters only as stored (detached) activity: a rule may then
     encode the first view without autograd (saves its backward). Set from the config."""
+
+    replicas: Replicas = ONE_PROCESS
+    """The data-parallel replicas sharing each global batch (one process: the identity)."""
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Compute this objective's share of the *global*-batch loss from now on: its own
+        rows' terms against candidates gathered from every replica, scaled so that the
+        average of the replicas' gradients is the global gradient (biossl.distributed.replicas;
+        docs/distributed.md says what the global batch means for each objective)."""
+        self.replicas = replicas
 
     @classmethod
     def uses_weight_transport(cls, params) -> bool:

@@ -280,35 +280,47 @@ class ClappObjective(PredictiveObjective):
         self._check_batch(batch)
         grid = vector_grid(patch_vectors(h, batch), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
-        return self.loss_from(grid, steps, self.draw(batch.n, self.positions(grid, steps)))
+        grid_all = self.replicas.rows(grid)  # every replica's images (data parallel)
+        return self.loss_from(grid, steps, self.draw(grid_all.shape[0], self.positions(grid, steps)),
+                              grid_all)
 
     @staticmethod
     def positions(grid: Tensor, steps) -> list[int]:
         """Locations P of every step's contexts (and futures): (rows − offset) · cols."""
         return [(grid.shape[1] - off) * grid.shape[2] for _, off in steps]
 
-    def _hinge_sum(self, u: Tensor, d: StepDraws, p: int, n_steps: int) -> Tensor:
-        hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
-        return (self._weights(d.use, p, n_steps, u) * hinge).sum()
+    def _own_weights(self, d: StepDraws, own: slice, p: int, n_steps: int, like: Tensor) -> Tensor:
+        """This replica's images' term weights (1 + J, n own, 1): the global batch's weights
+        (counts over every replica's coins) × ``replicas.loss_scale``."""
+        return self._weights(d.use, p, n_steps, like)[:, own] * self.replicas.loss_scale
 
-    def loss_from(self, grid: Tensor, steps, draws: PassDraws) -> Tensor:
+    def _hinge_sum(self, u: Tensor, d: StepDraws, own: slice, p: int, n_steps: int) -> Tensor:
+        hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
+        return (self._own_weights(d, own, p, n_steps, u) * hinge).sum()
+
+    def loss_from(self, grid: Tensor, steps, draws: PassDraws, grid_all: Tensor | None = None) -> Tensor:
+        """The loss of the contexts of ``grid`` against the futures of ``grid_all`` (data
+        parallel: every replica's images, this rank's rows ``replicas.own``; default: grid)."""
+        grid_all = grid if grid_all is None else grid_all
+        own = self.replicas.own(grid.shape[0])
         total = grid.new_zeros(())
         mirror = draws.mirror if draws.mirror is not None else [None] * len(steps)
         for (t, off), d, dm in zip(steps, draws.steps, mirror):
-            c, z = context_future(grid, off)
+            c = context_future(grid, off)[0]
+            z = context_future(grid_all, off)[1]
             p = c.shape[1]
             z_flat = z.reshape(-1, z.shape[-1])
-            zs = gather_futures(z_flat, d.index.to(grid.device))      # (1 + J, n, P, C)
+            zs = gather_futures(z_flat, d.index[:, own].to(grid.device))  # (1 + J, n, P, C)
             if self.w_retro is None:
                 u = score(zs, c, self.w_pred[t])
             elif dm is None:
                 u = RetroScore.apply(zs, c, self.w_pred[t], self.w_retro[t])
             else:  # official asymmetric form: L(u) with c detached + L(u′) with z detached
                 u = score(zs, c.detach(), self.w_pred[t])
-                zm = gather_futures(z_flat.detach(), dm.index.to(grid.device))
+                zm = gather_futures(z_flat.detach(), dm.index[:, own].to(grid.device))
                 u_mirror = score(zm, c, self.w_retro[t].t())         # u′ = cᵀ W_retro z
-                total = total + self._hinge_sum(u_mirror, dm, p, len(steps))
-            total = total + self._hinge_sum(u, d, p, len(steps))
+                total = total + self._hinge_sum(u_mirror, dm, own, p, len(steps))
+            total = total + self._hinge_sum(u, d, own, p, len(steps))
         return total
 
     # ---- explicit form (no autograd) ---------------------------------------------------
@@ -325,8 +337,9 @@ class ClappObjective(PredictiveObjective):
         self._check_batch(batch)
         grid = vector_grid(patch_vectors(h, batch), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
-        draws = self.draw(batch.n, self.positions(grid, steps))
-        loss, grad_grid, grad_w, grad_b = self.explicit_from(grid, steps, draws)
+        grid_all = self.replicas.rows(grid)  # every replica's images (data parallel)
+        draws = self.draw(grid_all.shape[0], self.positions(grid, steps))
+        loss, grad_grid, grad_w, grad_b = self.explicit_from(grid, steps, draws, grid_all)
         for p, g in ((self.w_pred, grad_w), (self.w_retro, grad_b)):
             if isinstance(p, nn.Parameter) and g is not None:
                 p.grad = g if p.grad is None else p.grad + g
@@ -339,30 +352,35 @@ class ClappObjective(PredictiveObjective):
             return grad_grid.permute(1, 0, 2, 3).reshape(2 * batch.n, -1)
         return grad_grid.reshape(-1, grad_grid.shape[-1])
 
-    def _modulation(self, u: Tensor, d: StepDraws, p: int, n_steps: int) -> tuple[Tensor, Tensor]:
-        """(weighted hinge sum, weight·γ = −∂L/∂u) of one step's scores."""
-        weight = self._weights(d.use, p, n_steps, u)
+    def _modulation(self, u: Tensor, d: StepDraws, own: slice, p: int, n_steps: int) -> tuple[Tensor, Tensor]:
+        """(weighted hinge sum, weight·γ = −∂L/∂u) of one step's scores (this replica's images)."""
+        weight = self._own_weights(d, own, p, n_steps, u)
         hinge = torch.cat([torch.relu(1.0 - u[:1]), torch.relu(1.0 + u[1:])])
-        return (weight * hinge).sum(), weight * clapp_gamma(u, d.use[..., None].expand_as(u))
+        return (weight * hinge).sum(), weight * clapp_gamma(u, d.use[:, own, None].expand_as(u))
 
-    def explicit_from(self, grid: Tensor, steps, draws: PassDraws):
-        """(loss, ∂L/∂grid, ∂L/∂W_pred, ∂L/∂W_retro or None), all from γ-gated Hebbian products."""
+    def explicit_from(self, grid: Tensor, steps, draws: PassDraws, grid_all: Tensor | None = None):
+        """(loss, ∂L/∂grid, ∂L/∂W_pred, ∂L/∂W_retro or None), all from γ-gated Hebbian products.
+        Data parallel (``grid_all``: every replica's images): the futures' errors are summed
+        over the replicas and each keeps its own rows (``replicas.sum_to_own``)."""
+        grid_all = grid if grid_all is None else grid_all
         n, rows, cols, ch = grid.shape
-        grad_grid = torch.zeros_like(grid)
+        own = self.replicas.own(n)
+        grad_grid = torch.zeros_like(grid)                          # the contexts' errors
+        grad_futures = torch.zeros_like(grid_all)                   # every replica's futures'
         grad_w = torch.zeros_like(self.w_pred)
         grad_b = torch.zeros_like(self.w_pred) if self.w_retro is not None else None
         loss = grid.new_zeros(())
         mirror = draws.mirror if draws.mirror is not None else [None] * len(steps)
         for (t, off), d, dm in zip(steps, draws.steps, mirror):
-            c, z = context_future(grid, off)
+            c = context_future(grid, off)[0]
+            z_flat = context_future(grid_all, off)[1].reshape(-1, ch)
             p = c.shape[1]
-            z_flat = z.reshape(-1, ch)
-            idx = d.index.to(grid.device)
+            idx = d.index[:, own].to(grid.device)
             w = self.w_pred[t]
             pred = c @ w.t()                                         # W_pred c  (n, P, D)
             zs = gather_futures(z_flat, idx)                         # (1 + J, n, P, D)
             u = (zs * pred).sum(-1)                                  # (1 + J, n, P)
-            step_loss, mod = self._modulation(u, d, p, len(steps))   # mod = −∂L/∂u
+            step_loss, mod = self._modulation(u, d, own, p, len(steps))   # mod = −∂L/∂u
             loss = loss + step_loss
             # future side: each future that served (positive or negative) gets mod·W_pred c
             dz = torch.zeros_like(z_flat).index_add_(0, idx.flatten(), (mod.unsqueeze(-1) * pred).flatten(0, 2))
@@ -374,17 +392,18 @@ class ClappObjective(PredictiveObjective):
                 if grad_b is not None:
                     grad_b[t] -= hebb.t()
             else:  # mirror loss L(u′), u′ = cᵀ W_retro z: its own draws, γ′ and Hebbian product
-                zm = gather_futures(z_flat, dm.index.to(grid.device))
+                zm = gather_futures(z_flat, dm.index[:, own].to(grid.device))
                 u_m = (zm * (c @ self.w_retro[t])).sum(-1)           # u′ = cᵀ W_retro z
-                m_loss, mod_m = self._modulation(u_m, dm, p, len(steps))
+                m_loss, mod_m = self._modulation(u_m, dm, own, p, len(steps))
                 loss = loss + m_loss
                 zg_m = (mod_m.unsqueeze(-1) * zm).sum(0)              # Σ_j γ′ z  (n, P, D)
                 dc = zg_m @ self.w_retro[t].t()
                 grad_b[t] -= c.reshape(-1, ch).t() @ zg_m.reshape(-1, ch)   # Σ γ′ c zᵀ
             g_view = grad_grid[:, : rows - off].view(n, -1, ch)
             g_view -= dc.view_as(g_view)
-            f_view = grad_grid[:, off:]
-            f_view -= dz.view(n, rows - off, cols, ch)
+            f_view = grad_futures[:, off:]
+            f_view -= dz.view(-1, rows - off, cols, ch)
+        grad_grid += self.replicas.sum_to_own(grad_futures)
         if self.w_retro is not None and not isinstance(self.w_retro, nn.Parameter):
             grad_b = None
         return loss, grad_grid, grad_w, grad_b

@@ -26,16 +26,17 @@ import torch
 from torch import Tensor
 
 from biossl.bounds import PositiveFloat, PositiveInt
+from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.objectives.base import Objective, PoolMode, ProjectionHead, check_head_pool
 from biossl.views.batch import ViewBatch
 
 Reduction = Literal["sum", "mean"]
 
 
-def _check(z1: Tensor, z2: Tensor) -> None:
+def _check(z1: Tensor, z2: Tensor, least: int = 2) -> None:
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.shape[0] < 2:
+    if z1.shape[0] < least:
         raise ValueError("the contrastive hinge loss needs a batch of at least 2")
 
 
@@ -58,16 +59,19 @@ def negative_offsets(n: int, negatives: int | None, wrap: bool) -> tuple[list[in
     return list(range(1, min(negatives, n - 1) + 1)), 1.0 / (negatives + 1)
 
 
-def _pair(z1: Tensor, z2: Tensor, k: int, wrap: bool) -> tuple[Tensor, Tensor]:
-    """Rows of z¹ and z² forming the pairs at offset k: (z¹_i, z²_{i+k})."""
+def _pair(z1: Tensor, z2: Tensor, first: int, k: int, wrap: bool) -> tuple[Tensor, Tensor]:
+    """Rows of z¹ and z² forming the pairs at offset k: (z¹_i, z²_{i+k}); z¹ holds the rows
+    ``first…`` of the batch z² (all of it in one process: first = 0)."""
+    n = z2.shape[0]
     if wrap:
-        return z1, z2.roll(-k, 0)
-    return z1[: z1.shape[0] - k], z2[k:]
+        return z1, z2.roll(-(first + k), 0)[: z1.shape[0]]
+    count = max(0, min(z1.shape[0], n - k - first))
+    return z1[:count], z2[first + k: first + k + count]
 
 
 def hinge_loss(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
                negatives: int | None = None, reduction: Reduction = "sum",
-               negatives_wrap: bool = False) -> Tensor:
+               negatives_wrap: bool = False, replicas: Replicas = ONE_PROCESS) -> Tensor:
     """Contrastive hinge loss.
 
     Args:
@@ -80,24 +84,35 @@ def hinge_loss(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
             over the positive terms plus mean over the negative terms (weights unused).
         negatives_wrap: False (official) — pairs (r, r+k), k = 1…J, r < N−k;
             True — pairs (i, i+k mod N), and all pairs at weight 1 when J ≥ N−1.
+        replicas: data-parallel replicas; z1, z2 are then this rank's rows of the global
+            batch (N = all ranks' rows, rank-major) and the result is ``replicas.loss_scale``
+            × the terms whose z¹ row is this rank's (a pair (r, r+k) belongs to row r's rank).
     Returns: scalar loss.
     """
-    _check(z1, z2)
+    _check(z1, z2, least=1)  # the global batch (all replicas' rows) needs 2: below
     _check_reduction(reduction)
-    n = z1.shape[0]
-    pos = torch.relu(delta - tau + (z1 - z2).abs().sum(1))            # (N,)
+    z2_all = replicas.rows(z2)
+    n = z2_all.shape[0]
+    if n < 2:
+        raise ValueError("the contrastive hinge loss needs a batch of at least 2")
+    own = replicas.own(z1.shape[0])
+    pos = torch.relu(delta - tau + (z1 - z2).abs().sum(1))            # (n own,)
     offsets, w = negative_offsets(n, negatives, negatives_wrap)
     if offsets is None:
-        d = torch.cdist(z1, z2, p=1)                                    # (N, N)
-        off_diag = ~torch.eye(n, dtype=torch.bool, device=z1.device)
-        neg = torch.relu(delta + tau - d)[off_diag]                     # (N(N−1),)
+        d = torch.cdist(z1, z2_all, p=1)                                # (n own, N)
+        off_diag = torch.ones_like(d, dtype=torch.bool)
+        off_diag[:, own] &= ~torch.eye(z1.shape[0], dtype=torch.bool, device=z1.device)
+        neg = torch.relu(delta + tau - d)[off_diag]                     # (n own·(N−1),)
+        pairs = n * (n - 1)
     else:
         # Only the needed pairs: at most N·(n−1) distances, never the N×N matrix.
         neg = torch.cat([torch.relu(delta + tau - (a - b).abs().sum(1))
-                         for a, b in (_pair(z1, z2, k, negatives_wrap) for k in offsets)])
+                         for a, b in (_pair(z1, z2_all, own.start, k, negatives_wrap) for k in offsets)])
+        pairs = sum(n if negatives_wrap else n - k for k in offsets)
+    scale = replicas.loss_scale
     if reduction == "sum":
-        return pos.sum() + w * neg.sum()
-    return pos.mean() + neg.mean()
+        return scale * (pos.sum() + w * neg.sum())
+    return scale * (pos.sum() / n + neg.sum() / pairs)
 
 
 def hinge_error(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
@@ -128,7 +143,7 @@ def hinge_error(z1: Tensor, z2: Tensor, tau: float = 2.0, delta: float = 1.0,
     pairs = sum(n if negatives_wrap else n - k for k in offsets)
     w_neg = 1.0 / pairs if reduction == "mean" else w
     for k in offsets:
-        a, b = _pair(z1, z2, k, negatives_wrap)
+        a, b = _pair(z1, z2, 0, k, negatives_wrap)
         gate = -w_neg * ((a - b).abs().sum(1, keepdim=True) < tau + delta).to(z2.dtype)
         e = gate * torch.sign(b - a)                                     # error of the z² rows b
         err = err + (e.roll(k, 0) if negatives_wrap else torch.cat([e.new_zeros(k, e.shape[1]), e]))
@@ -197,4 +212,4 @@ class HingeObjective(Objective):
         if self.cfg.grad_block:
             z1 = z1.detach()
         return hinge_loss(z1, z2, self.cfg.tau, self.cfg.delta, self.cfg.negatives, self.cfg.reduction,
-                          self.cfg.negatives_wrap)
+                          self.cfg.negatives_wrap, self.replicas)

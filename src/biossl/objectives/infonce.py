@@ -20,14 +20,16 @@ from biossl.objectives.predictive import (Draws, PredictiveObjective, context_fu
 from biossl.views.batch import ViewBatch
 
 
-def infonce_scores(pred: Tensor, z: Tensor, neg_idx: Tensor) -> Tensor:
-    """Logits (M, 1 + J): column 0 the positive zᵀ pred, then the negatives z[neg_idx].
+def infonce_scores(pred: Tensor, z: Tensor, neg_idx: Tensor, candidates: Tensor | None = None) -> Tensor:
+    """Logits (M, 1 + J): column 0 the positive zᵀ pred, then the negatives candidates[neg_idx].
 
-    pred, z: (M, D) predictions W c and futures; neg_idx: (M, J) rows of z.
+    pred, z: (M, D) predictions W c and their own futures; neg_idx: (M, J) rows of
+    ``candidates`` (default z; data parallel: every replica's futures).
     """
+    candidates = z if candidates is None else candidates
     pos = (z * pred).sum(-1, keepdim=True)
     # index_select: its backward is an index_add (advanced indexing's sorts the indices)
-    zn = z.index_select(0, neg_idx.flatten()).view(*neg_idx.shape, z.shape[-1])
+    zn = candidates.index_select(0, neg_idx.flatten()).view(*neg_idx.shape, z.shape[-1])
     neg = torch.bmm(zn, pred.unsqueeze(-1)).squeeze(-1)
     return torch.cat([pos, neg], dim=1)
 
@@ -67,14 +69,18 @@ class InfoNCEObjective(PredictiveObjective):
         grid = vector_grid(patch_vectors(h, batch), batch)
         steps = steps_for(batch, grid.shape[1], self.cfg.steps)
         total = grid.new_zeros(())
+        # data parallel: this rank's contexts, negatives drawn over every replica's futures
+        # with the stream all replicas share (the mean over own contexts is size × share)
+        grid_all = self.replicas.rows(grid)
         for t, off in steps:
             c, z = context_future(grid, off)
             c, z = c.reshape(-1, c.shape[-1]), z.reshape(-1, z.shape[-1])
-            m = z.shape[0]
+            z_all = context_future(grid_all, off)[1].reshape(-1, z.shape[-1])
+            m = z_all.shape[0]
             # offsets in [1, m): a context's own future is never one of its negatives
             shift = torch.randint(1, m, (m, self.cfg.negatives), generator=self.generator)
-            neg_idx = ((torch.arange(m)[:, None] + shift) % m).to(z.device)
-            logits = infonce_scores(c @ self.w_pred[t].t(), z, neg_idx)
+            neg_idx = ((torch.arange(m)[:, None] + shift) % m)[self.replicas.own(z.shape[0])].to(z.device)
+            logits = infonce_scores(c @ self.w_pred[t].t(), z, neg_idx, z_all)
             target = torch.zeros(m, dtype=torch.long, device=z.device)
             total = total + F.cross_entropy(logits, target)
         return total / len(steps)

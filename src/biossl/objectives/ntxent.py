@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from biossl.bounds import PositiveInt
+from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.objectives.base import Objective, PoolMode, ProjectionHead, check_head_pool
 from biossl.views.batch import ViewBatch
 
@@ -16,7 +17,7 @@ NTXentReduction = Literal["mean", "sum_directions"]
 
 
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5,
-                reduction: NTXentReduction = "mean") -> Tensor:
+                reduction: NTXentReduction = "mean", replicas: Replicas = ONE_PROCESS) -> Tensor:
     """Normalised-temperature cross-entropy over 2N views.
 
     Args:
@@ -25,6 +26,9 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5,
         reduction: 'mean' — the mean over the 2N anchors (SimCLR); 'sum_directions' — the
             mean over the N first-view anchors plus the mean over the N second-view anchors,
             i.e. 2× 'mean' (Bio-SSL's ``SimCLRLoss``, their Table 1 SimCLR row).
+        replicas: data-parallel replicas; z1, z2 are then this rank's rows of the global
+            batch and the anchors are this rank's 2n views, each against all 2N views of
+            the global batch (the mean over this rank's anchors is ``size`` × its share).
     Returns: −log softmax(sim/τ)[positive] reduced as above, the softmax over the 2N − 1
     other views (1 positive, 2N − 2 negatives), via log-sum-exp.
     """
@@ -35,10 +39,16 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5,
     if reduction not in ("mean", "sum_directions"):
         raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'sum_directions'")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.t() / temperature                                   # (2N, 2N)
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)                     # this rank's 2n anchors
+    z1_all, z2_all = replicas.rows(z[:n]), replicas.rows(z[n:])     # (N, D) each, rank-major
+    big = z1_all.shape[0]
+    own = replicas.own(n)
+    sim = z @ torch.cat([z1_all, z2_all]).t() / temperature        # (2n, 2N)
+    rows = torch.arange(own.start, own.stop)
+    itself = torch.cat([rows, rows + big]).to(z.device)            # each anchor's own column
+    sim = sim.index_put((torch.arange(2 * n, device=z.device), itself),
+                        torch.tensor(float("-inf"), dtype=sim.dtype, device=z.device))
+    target = torch.cat([rows + big, rows]).to(z.device)            # the other view of its image
     loss = F.cross_entropy(sim, target)
     # the two directions' means, summed: 2 × the mean over all 2N anchors
     return 2.0 * loss if reduction == "sum_directions" else loss
@@ -83,4 +93,4 @@ class NTXentObjective(Objective):
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
         z1, z2 = batch.split(self.head(h).float())
-        return ntxent_loss(z1, z2, self.cfg.temperature, self.cfg.reduction)
+        return ntxent_loss(z1, z2, self.cfg.temperature, self.cfg.reduction, self.replicas)

@@ -7,6 +7,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from biossl.distributed.replicas import ONE_PROCESS, Replicas
+
 CONDITIONS = ("i", "ii", "iii", "iv")
 CONDITION_TEXT = {
     "i": "updates use only current pre- and (short-term-memory) post-synaptic activity",
@@ -34,9 +36,13 @@ def make_optimizer(params: Iterable[nn.Parameter], train) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {train.optimizer!r}; choose adam, adamw or sgd")
 
 
-def check_finite(loss: Tensor, what: str) -> None:
-    if not torch.isfinite(loss).all():
-        raise NonFiniteLoss(f"{what} is {loss.item()}")
+def check_finite(loss: Tensor, what: str, replicas: Replicas = ONE_PROCESS) -> None:
+    """NonFiniteLoss when ``loss`` is NaN/inf — on any data-parallel replica, so that all of
+    them stop at the same point (one that went on would wait for the others forever)."""
+    if not replicas.all_finite(loss):
+        here = loss.item() if loss.numel() == 1 else "not finite"
+        raise NonFiniteLoss(f"{what} is {here}" if not torch.isfinite(loss).all()
+                            else f"{what} is not finite on another replica (here {here})")
 
 
 def plausibility(schedule_cls: type, transport_cls: type, objective_cls: type, objective_params) -> dict[str, bool]:

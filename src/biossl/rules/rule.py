@@ -14,6 +14,7 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
+from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.encoders.base import StageStack
 from biossl.rules.base import make_optimizer
 from biossl.rules.diagnostics import (GradientAngleProbe, compare_gradients, feedback_report,
@@ -62,6 +63,17 @@ class Rule(nn.Module):
         self.epoch = 0
 
     # ---- the trainer's interface -----------------------------------------------------
+    replicas: Replicas = ONE_PROCESS
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Train as one of data-parallel ``replicas`` (biossl.distributed): every segment update
+        averages its gradients over them before its optimizer steps, the objectives compute
+        their share of the global-batch loss and the transport learns what it learns alike."""
+        self.replicas = replicas
+        for obj in self.objectives:
+            obj.distribute(replicas)
+        self.transport.distribute(replicas)
+
     def num_epochs(self) -> int:
         """Epochs of the whole run (``train.epochs``, whatever the schedule)."""
         return self.train_cfg.epochs
@@ -124,6 +136,8 @@ class Rule(nn.Module):
             self.probes[k].measure(self.segment_groups(k), self._replay(k, x, batch, draws),
                                    self.transport.exact)
         self.probes[k].tick()
+        # data parallel: one flattened all_reduce per segment update (nothing in one process)
+        self.replicas.average_gradients(p for g in opt.param_groups for p in g["params"])
         with self.transport.stepping(self, k):
             opt.step()
         return u

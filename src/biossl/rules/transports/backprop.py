@@ -14,7 +14,7 @@ def autograd_update(rule, k, x, batch) -> Update:
     with rule.autocast():
         h = run_segment(rule, k, x, batch)
         loss = rule.objectives[k](h, batch)
-    check_finite(loss, rule.loss_name(k))
+    check_finite(loss, rule.loss_name(k), rule.replicas)
     loss.backward()
     return Update(h.detach(), loss.item())
 

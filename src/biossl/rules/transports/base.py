@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, ContextManager
 import torch
 from torch import Tensor, nn
 
+from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.views.batch import ViewBatch
 
 if TYPE_CHECKING:
@@ -76,6 +77,16 @@ class Transport(nn.Module):
     local_targets: ClassVar[bool] = False
     """Every stage learns from a target for its own output (targets), so updates stay
     local (condition (i)) even under an end-to-end schedule."""
+
+    replicas: Replicas = ONE_PROCESS
+    """The data-parallel replicas sharing each global batch (one process: the identity)."""
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Learn as one of data-parallel ``replicas``: what the transport itself learns with its
+        own optimizers (DTP's inverses) averages its gradients over them before each of its
+        steps, and its per-row draws (noise) are the global batch's. Feedback weights need
+        nothing: URF's B receives W's increment, which is already the replicas' average."""
+        self.replicas = replicas
 
     @classmethod
     def refuse(cls, schedule: "Schedule") -> str | None:

@@ -58,6 +58,6 @@ class Explicit(Transport):
         with rule.autocast():
             h, trace = forward_traced(stage, x)
             loss, grad_h = rule.objectives[k].explicit_backward(h, batch)
-            check_finite(loss, rule.loss_name(k))
+            check_finite(loss, rule.loss_name(k), rule.replicas)
             local_gradients(trace, grad_h)
         return Update(h.detach(), loss.item())

@@ -185,12 +185,16 @@ class Targets(Transport):
         leaf = p.top.detach().requires_grad_(True)  # a leaf sharing storage: no copy
         with rule.autocast():
             loss = obj(leaf, batch)
-        check_finite(loss, "loss")
+        check_finite(loss, "loss", self.replicas)
         head = [q for q in obj.parameters() if q.requires_grad] if head_grads else []
         grads = torch.autograd.grad(loss, [leaf, *head])
         for q, g in zip(head, grads[1:]):
             q.grad = g
-        return loss.detach(), p.hs[-1] - self.params.eta * grads[0][p.active]
+        # data parallel: every replica's loss is loss_scale × its share of the global loss, and
+        # the gathered candidates send each rank the sum over ranks at its rows, so h_L's
+        # gradient is loss_scale × the global batch's (1 in one process)
+        grad_h = grads[0][p.active] / self.replicas.loss_scale
+        return loss.detach(), p.hs[-1] - self.params.eta * grad_h
 
     @torch.no_grad()
     def propagate_targets(self, k: int, hs: list[Tensor], top_target: Tensor) -> list[Tensor]:
@@ -209,7 +213,9 @@ class Targets(Transport):
         span = rule.spans[k]
         for j in range(1, len(hs)):
             h = hs[j - 1]
-            noisy = torch.randn(h.shape, generator=self.noise, device=h.device, dtype=h.dtype)
+            # data parallel: this rank's rows of the noise one process draws for the global batch
+            noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
+                shape, generator=self.noise, device=h.device, dtype=h.dtype))
             noisy.mul_(self.params.noise_std).add_(h)  # in place: no extra full-size temporaries
             with torch.no_grad():
                 fh = rule.encoder.stages[span.start + j](noisy)
@@ -224,7 +230,10 @@ class Targets(Transport):
                 losses.append(F.mse_loss(out, t))
                 continue
             sq = 0.5 * F.mse_loss(out, t, reduction="sum")
-            losses.append(sq if self.params.target_loss == "sum" else sq / out.shape[0])
+            # 'sum' over this rank's rows is its share: × loss_scale, so that the replicas'
+            # averaged gradient is the global sum's; a per-row mean over equal shards already is
+            losses.append(sq * self.replicas.loss_scale if self.params.target_loss == "sum"
+                          else sq / out.shape[0])
         return losses
 
     def train_inverses(self, rule, k: int, p: Pass, batch) -> dict[str, float]:
@@ -239,8 +248,9 @@ class Targets(Transport):
             with rule.autocast():
                 fb = self.inverse_losses(rule, k, hs)
             total = sum(fb)
-            check_finite(total, "inverse loss")
+            check_finite(total, "inverse loss", self.replicas)
             total.backward()
+            self.replicas.average_gradients(self.inverses[k].parameters())
             self.optimizer.step()
         return {f"recon/stage{start + j + 1}": v.item() for j, v in enumerate(fb)}
 
@@ -272,7 +282,7 @@ class Targets(Transport):
         with rule.autocast():
             local = self.stage_losses(p.outs, targets)
         total = sum(local)
-        check_finite(total, "DTP stage loss")
+        check_finite(total, "DTP stage loss", self.replicas)
         total.backward()  # disjoint per-stage graphs: each loss reaches only its own stage
         self.steps_done[k] += learn_extra
         log.update({f"target_loss/stage{span.start + j}": v.item() for j, v in enumerate(local)})

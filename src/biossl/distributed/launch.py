@@ -1,0 +1,258 @@
+"""The processes of one training run: who this process is, and what only one of them does.
+
+``torchrun --nproc_per_node N -m biossl train CONFIG …`` (or ``biossl train --nproc N …``,
+which runs exactly that) starts N processes with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+and MASTER_PORT in their environment. :meth:`World.from_env` reads them (a launch that sets
+some but not all is refused with the fix), :meth:`World.joined` forms the process group —
+gloo for CPU tensors, NCCL for CUDA tensors — and always leaves it cleanly (a process that
+exits without ``barrier(); destroy_process_group()`` aborts intermittently at shutdown).
+
+Rank 0 alone touches the run directory (lock, config, metrics, TensorBoard, checkpoints);
+:meth:`World.from_main` runs a set-up step there and hands every rank its result (or its
+error, so that all of them stop with the same message). Without a launch (no WORLD_SIZE, or
+1) the world is one process and every method is trivial.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, TypeVar
+
+import torch
+
+from biossl.config import ConfigError
+from biossl.distributed.replicas import ONE_PROCESS, ProcessReplicas, Replicas
+
+T = TypeVar("T")
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+HOW = ("launch with torchrun --nproc_per_node N -m biossl train CONFIG … (it sets RANK, "
+       "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or biossl train --nproc N CONFIG …")
+
+
+class LaunchError(ConfigError):
+    """The processes were started in a way that cannot work; the message names the fix."""
+
+
+class PeerFailed(RuntimeError):
+    """Rank 0 failed during set-up; the other ranks stop with its message (printed once, by rank 0)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise LaunchError(f"{key}={env[key]!r} is not an integer; {HOW}") from None
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "World":
+        """This process's place in a torchrun launch (one process when WORLD_SIZE is unset or 1)."""
+        if "WORLD_SIZE" not in env:
+            stray = [k for k in ("RANK", "LOCAL_RANK") if k in env]
+            if stray:
+                raise LaunchError(f"{', '.join(stray)} is set but WORLD_SIZE is not: a half-set "
+                                  f"launch environment; unset it for one process, or {HOW}")
+            return cls()
+        size = _int(env, "WORLD_SIZE")
+        if size < 1:
+            raise LaunchError(f"WORLD_SIZE={size}: it must be ≥ 1; {HOW}")
+        if size == 1:
+            return cls()
+        missing = [k for k in LAUNCH_VARS if k not in env]
+        if missing:
+            raise LaunchError(f"WORLD_SIZE={size} is set but {', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} not: the processes cannot "
+                              f"find each other; {HOW}")
+        rank, local = _int(env, "RANK"), _int(env, "LOCAL_RANK")
+        if not 0 <= rank < size:
+            raise LaunchError(f"RANK={rank} is outside WORLD_SIZE={size} (0…{size - 1}); {HOW}")
+        local_size = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else size
+        return cls(rank, size, local, local_size)
+
+    # ---- who does what ----------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes the run directory and the console."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def replicas(self, stage_groups: int = 1) -> Replicas:
+        """The data-parallel replicas the rule averages over (one process: the identity)."""
+        if not self.distributed:
+            return ONE_PROCESS
+        if stage_groups != 1:
+            raise LaunchError(f"parallel.stage_groups={stage_groups} (layer-parallel stages) is not "
+                              f"run by the data-parallel trainer; use parallel.stage_groups=1")
+        return ProcessReplicas()
+
+    def shard(self, batch_size: int, what: str = "train.batch_size") -> int:
+        """Rows of every global batch this process trains on: batch_size / size."""
+        if batch_size % self.size:
+            lower = [d for d in range(self.size, 0, -1) if batch_size % d == 0][0]
+            near = self.size * max(1, round(batch_size / self.size))
+            raise LaunchError(
+                f"{what}={batch_size} is the global batch, shared by the {self.size} processes of "
+                f"this launch, but it does not split into {self.size} equal parts. Fix: "
+                f"{what}={near} (a multiple of {self.size}), or launch {lower} process(es)")
+        return batch_size // self.size
+
+    def view_stream(self) -> tuple[int, ...]:
+        """The seed index of this process's view stream (biossl.seeds 'views'): none in one
+        process (the stream of every single-process run), the rank otherwise."""
+        return (self.rank,) if self.distributed else ()
+
+    def device(self, name: str, cuda_count: int | None = None) -> torch.device | None:
+        """This process's device for ``train.device`` (None: resolve as one process does).
+        Under a launch a GPU run uses cuda:LOCAL_RANK, one GPU per process."""
+        if not self.distributed:
+            return None
+        cuda_count = torch.cuda.device_count() if cuda_count is None else cuda_count
+        if name == "auto":
+            name = "cuda" if cuda_count else "cpu"
+        if name == "cpu":
+            return torch.device("cpu")
+        if name == "cuda":
+            if cuda_count == 0:
+                raise LaunchError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+            if self.local_rank >= cuda_count:
+                raise LaunchError(
+                    f"this node has {cuda_count} GPU(s) but the launch started more processes on it "
+                    f"(LOCAL_RANK={self.local_rank}); each process needs its own GPU. Fix: "
+                    f"--nproc_per_node {cuda_count} (or fewer), or train.device=cpu")
+            return torch.device("cuda", self.local_rank)
+        raise LaunchError(f"train.device={name!r} under a launch of {self.size} processes: each "
+                          f"process picks its own device; use train.device=auto, cuda (cuda:LOCAL_RANK "
+                          f"per process) or cpu")
+
+    # ---- the process group ------------------------------------------------------------
+    @contextlib.contextmanager
+    def joined(self, agreed: tuple[type[BaseException], ...] = ()) -> Iterator["World"]:
+        """The process group for the ``with`` block, always destroyed at its end; with a
+        barrier first when every rank ends the block alike: normally, or with one of the
+        ``agreed`` exceptions (or a set-up error rank 0 shared), which all ranks raise at the
+        same step. After any other error the others may never reach a barrier: none then."""
+        if not self.distributed:
+            yield self
+            return
+        import torch.distributed as dist
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        together = False
+        try:
+            yield self
+            together = True
+        except (ConfigError, PeerFailed, *agreed):
+            together = True
+            raise
+        finally:
+            if together:
+                with contextlib.suppress(Exception):
+                    dist.barrier()
+            dist.destroy_process_group()
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on rank 0 only; every rank gets its result, or raises its error
+        (other ranks as :class:`PeerFailed`, which the command line does not print twice)."""
+        if not self.distributed:
+            return fn()
+        import torch.distributed as dist
+        box: list = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:
+                code = getattr(e, "exit_code", 2)
+                dist.broadcast_object_list([("error", f"{e}", code)], src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        if box[0][0] == "error":
+            raise PeerFailed(box[0][1], box[0][2])
+        return box[0][1]
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (it may fill caches), then the others."""
+        if not self.distributed:
+            yield
+            return
+        import torch.distributed as dist
+        if not self.is_main:
+            dist.barrier()
+        yield
+        if self.is_main:
+            dist.barrier()
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's ``obj`` (a list in rank order) on every rank."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+        out: list = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def agree(self, numbers: dict[str, float], flags: dict[str, bool],
+              device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
+        """One all_reduce per step: the mean of every logged number over the ranks (the
+        global loss, …) and, per flag, how many ranks raised it (a stop, rank 0's clock)."""
+        if not self.distributed:
+            return numbers, {k: int(v) for k, v in flags.items()}
+        import torch.distributed as dist
+        keys = sorted(numbers)
+        vec = torch.tensor([numbers[k] for k in keys] + [float(flags[k]) for k in flags] + [1.0],
+                           dtype=torch.float64, device=device)
+        dist.all_reduce(vec)
+        if int(vec[-1].item()) != self.size:  # pragma: no cover - a programming error
+            raise RuntimeError("ranks disagree on what they log")
+        vals = (vec[:-1] / self.size).tolist()
+        counts = vec[len(keys):-1].tolist()
+        return dict(zip(keys, vals[:len(keys)])), {k: int(round(c)) for k, c in zip(flags, counts)}
+
+
+# ---- biossl train --nproc N ---------------------------------------------------------------
+def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
+    """The launch ``biossl train --nproc N`` runs: torchrun, standalone (one node, a free port)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(nproc), "-m", "biossl", "train", *train_args]
+
+
+def run_torchrun(nproc: int, train_args: list[str]) -> int:
+    """Run the launch and wait; SIGINT/SIGTERM reach it once (torchrun passes them on to every
+    process, which then stop after the same step and save). Returns its exit status."""
+    if "WORLD_SIZE" in os.environ:
+        raise LaunchError("--nproc starts its own torchrun launch, but this process already runs "
+                          "under one (WORLD_SIZE is set); drop --nproc")
+    # its own session: a terminal's Ctrl-C reaches only this process, which passes it on once
+    proc = subprocess.Popen(torchrun_command(nproc, train_args), start_new_session=True)
+
+    def forward(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc.poll() is None:  # pragma: no cover - we are leaving on an exception
+            proc.kill()
