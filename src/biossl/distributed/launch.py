@@ -155,6 +155,8 @@ class World:
             return
         import torch.distributed as dist
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available() and self.local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(self.local_rank)  # NCCL's object collectives use the current GPU
         dist.init_process_group(backend=backend)
         together = False
         try:

@@ -81,6 +81,6 @@ class InfoNCEObjective(PredictiveObjective):
             shift = torch.randint(1, m, (m, self.cfg.negatives), generator=self.generator)
             neg_idx = ((torch.arange(m)[:, None] + shift) % m)[self.replicas.own(z.shape[0])].to(z.device)
             logits = infonce_scores(c @ self.w_pred[t].t(), z, neg_idx, z_all)
-            target = torch.zeros(m, dtype=torch.long, device=z.device)
+            target = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)  # own contexts
             total = total + F.cross_entropy(logits, target)
         return total / len(steps)
