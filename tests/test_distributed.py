@@ -281,6 +281,107 @@ def test_gather_bugs_are_caught_on_clapp(bug):
     assert diff > CAUGHT * _moved("clapp-bp"), f"{bug}: not caught on clapp ({diff:.2e})"
 
 
+# ---- every objective variant, ranks simulated in one process (fast) ---------------------
+class _Recorder:
+    """First pass of a simulated rank: records what it gathers, returns right-sized rows."""
+
+    def __init__(self, rank, size):
+        from biossl.distributed.replicas import Replicas
+        self.replicas = type("Recording", (Replicas,), {
+            "rows": lambda s_, t: (self.seen.append(t), t.repeat(size, *[1] * (t.dim() - 1)))[1]})()
+        self.replicas.rank, self.replicas.size = rank, size
+        self.seen: list = []
+
+
+def _simulated(rank: int, size: int, seen: list[list]):
+    """Rank ``rank`` of ``size``: its k-th gather returns every rank's k-th gathered tensor
+    (live, with their graphs: the sum over ranks of the gradients, like the real backward)."""
+    from biossl.distributed.replicas import Replicas
+
+    class Simulated(Replicas):
+        def __init__(self):
+            self.rank, self.size, self.calls = rank, size, 0
+
+        def rows(self, t):
+            parts = [t if i == rank else seen[i][self.calls] for i in range(size)]
+            self.calls += 1
+            return torch.cat(parts)
+
+    return Simulated()
+
+
+OBJECTIVE_VARIANTS = {
+    # head_init 0.1: L1 distances near τ + δ, so some negatives' hinges are active, some not
+    "hinge J wrap mean": ("hinge", dict(negatives=3, negatives_wrap=True, reduction="mean", head_init=0.1), "pairs"),
+    "hinge J>N wrap": ("hinge", dict(negatives=20, negatives_wrap=True, head_init=0.1), "pairs"),
+    "hinge all-pairs": ("hinge", dict(head_init=0.1), "pairs"),
+    "hinge J grad-block": ("hinge", dict(negatives=5, grad_block=True, head_init=0.1), "pairs"),
+    "ntxent sum_directions": ("ntxent", dict(reduction="sum_directions", temperature=0.2), "pairs"),
+    "clapp coin_counts per_pass any_image": ("clapp", dict(either_divisor="coin_counts", coin="per_pass",
+                                                           negative_draw="any_image", negatives=2), "grid"),
+    "clapp separate retro": ("clapp", dict(retro_score="separate", negatives=2), "grid"),
+    "clapp-s any_location": ("clapp", dict(sampling="both", negatives=5, negative_draw="any_location",
+                                           context_path="transpose"), "grid"),
+    "clapp on pairs": ("clapp", dict(), "pairs"),
+    "infonce sequence": ("infonce", dict(negatives=7, steps=3), "sequence"),
+    "infonce grid": ("infonce", dict(negatives=7, steps=2), "grid"),
+}
+
+
+@pytest.mark.parametrize("variant", OBJECTIVE_VARIANTS)
+def test_objective_shares_average_to_the_global_loss_and_gradient(variant):
+    """3 simulated ranks (3 images each): the mean of the ranks' losses is the global-batch
+    loss, and the mean of their gradients (through the gathered rows) is its gradient."""
+    from biossl.config import build_config
+    from biossl.registry import OBJECTIVES, load_all
+    from biossl.views.batch import ViewBatch
+    load_all()
+    name, params, kind = OBJECTIVE_VARIANTS[variant]
+    size, n, ch = 3, 3, 6
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = build_config({"objective": {"name": name, **params}}).objective
+        shape = {"pairs": (ch, 2, 2), "grid": (ch, 2, 2), "sequence": (ch, 6)}[kind]
+        obj = OBJECTIVES.build(name, cfg.params, shape)
+        obj.seed_draws(5, 0)
+        g = torch.Generator().manual_seed(1)
+        rows = {"pairs": 2 * n, "grid": n * 5 * 2, "sequence": n}[kind]
+        leaves = [torch.randn(rows, *shape, generator=g).requires_grad_() for _ in range(size)]
+
+        def batch(h, images):
+            return ViewBatch(h, images, kind, (5, 2) if kind == "grid" else None)
+
+        if kind == "pairs":
+            whole = torch.cat([h[:n] for h in leaves] + [h[n:] for h in leaves])
+        else:
+            whole = torch.cat(leaves)
+        start = obj.draw_state()
+        params_ = [q for q in obj.parameters() if q.requires_grad]
+        global_loss = obj(whole, batch(whole, size * n))
+        want = torch.autograd.grad(global_loss, leaves + params_)
+        seen = []
+        for r in range(size):  # what each rank gathers
+            obj.set_draw_state(start)
+            rec = _Recorder(r, size)
+            obj.distribute(rec.replicas)
+            obj(leaves[r], batch(leaves[r], n))
+            seen.append(rec.seen)
+        losses = []
+        for r in range(size):
+            obj.set_draw_state(start)
+            obj.distribute(_simulated(r, size, seen))
+            losses.append(obj(leaves[r], batch(leaves[r], n)))
+        mean = sum(losses) / size
+        got = torch.autograd.grad(mean, leaves + params_)
+        # hinge and NT-Xent compute their loss in float32 (the head's output is cast)
+        tol = 1e-5 if name in ("hinge", "ntxent") else 1e-10
+        assert mean.item() == pytest.approx(global_loss.item(), rel=tol)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-2)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 # ---- the launch: errors that name the fix --------------------------------------------------
 def test_launch_environment_is_checked():
     from biossl.distributed.launch import LaunchError, World

@@ -33,7 +33,7 @@ from biossl.assemble import Assembly, assemble
 from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
-from biossl.distributed.launch import World
+from biossl.distributed.launch import World, batchnorm_note
 from biossl.divergence import LossWatch
 from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
@@ -168,6 +168,8 @@ class _Loop:
         self.rule, recipe, device = asm.rule, asm.recipe, asm.device
         rule = self.rule
         rule.distribute(world.replicas(cfg.parallel.stage_groups))
+        if world.is_main and (bn := batchnorm_note(rule.encoder, world)):
+            note(bn)
         with world.main_first():  # rank 0 fills the dataset caches, then the others read them
             data = load_dataset(cfg.data.name, asm.spec.ssl_split, root=cfg.data.root,
                                 download=cfg.data.download)

@@ -230,6 +230,20 @@ class World:
         return dict(zip(keys, vals[:len(keys)])), {k: int(round(c)) for k, c in zip(flags, counts)}
 
 
+def batchnorm_note(module: torch.nn.Module, world: World) -> str | None:
+    """What a data-parallel run does with BatchNorm layers (None: it has none, or one process).
+    Each replica normalises with its own shard's statistics (as DDP does without
+    SyncBatchNorm, which torch runs on GPUs only); checkpoints hold rank 0's running statistics."""
+    if not world.distributed:
+        return None
+    names = [n for n, m in module.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not names:
+        return None
+    return (f"{len(names)} BatchNorm layer(s) ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}) "
+            f"normalise each process's 1/{world.size} of the global batch with its own statistics (not the "
+            f"global batch's); the checkpoint keeps rank 0's running statistics (docs/distributed.md)")
+
+
 # ---- biossl train --nproc N ---------------------------------------------------------------
 def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
     """The launch ``biossl train --nproc N`` runs: torchrun, standalone (one node, a free port)."""
