@@ -14,6 +14,7 @@ them); a planted bug moves some parameter ≥ 1e-2 × that distance away.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -91,9 +92,11 @@ def _global_views(family: str, step: int):
     return ViewBatch(x, sum(p.n for p in parts), first.kind, first.grid)
 
 
-def _train_rule(family: str, replicas=None, start_epoch=0) -> dict:
-    """STEPS steps of the family's rule (as this rank, or as one process on the global batch)."""
+def _train_rule(family: str, replicas=None, poison_rank: int | None = None) -> dict:
+    """STEPS steps of the family's rule (as this rank, or as one process on the global batch).
+    ``poison_rank``: that rank's first views are NaN at step 1 (its loss alone is not finite)."""
     from biossl.assemble import assemble
+    from biossl.rules.base import NonFiniteLoss
     torch.set_default_dtype(torch.float64)
     try:
         cfg = _config(family)
@@ -105,7 +108,12 @@ def _train_rule(family: str, replicas=None, start_epoch=0) -> dict:
         for step in range(STEPS):
             rule.start_epoch(min(step, rule.num_epochs() - 1))  # greedy: a new stage each step
             batch = _rank_views(family, step, replicas.rank) if replicas is not None else _global_views(family, step)
-            losses.append(rule.step(batch)["loss"])
+            if replicas is not None and replicas.rank == poison_rank and step == 1:
+                batch.x[: batch.n] = float("nan")
+            try:
+                losses.append(rule.step(batch)["loss"])
+            except NonFiniteLoss as e:
+                return {"stopped": step, "message": str(e)}
         return {"state": {k: v.detach().clone() for k, v in rule.state_dict().items()
                           if isinstance(v, torch.Tensor)}, "losses": losses}
     finally:
@@ -143,7 +151,8 @@ def _variant(name: str):
         def own(self, n: int) -> slice:
             return slice(0, n)
 
-    return {"correct": ProcessReplicas, "no_cross_rank_gradient": NoCrossRankGradient,
+    return {"correct": ProcessReplicas, "nan_on_rank_1": ProcessReplicas,
+            "no_cross_rank_gradient": NoCrossRankGradient,
             "unscaled_share": UnscaledShare, "unshifted_rows": UnshiftedRows}[name]()
 
 
@@ -151,11 +160,12 @@ def _worker(rank: int, port: int, cases: list[tuple[str, str]], out_dir: str) ->
     import torch.distributed as dist
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a rank left waiting (the bug the NaN case looks for) fails the test in a minute, not 30
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
         for family, variant in cases:
             try:
-                res = _train_rule(family, _variant(variant))
+                res = _train_rule(family, _variant(variant), 1 if variant == "nan_on_rank_1" else None)
             except Exception:  # deterministic: every rank fails alike; the test shows it
                 import traceback
                 res = {"error": traceback.format_exc()}
@@ -236,7 +246,7 @@ BUGS = {"no_cross_rank_gradient": "e2e-bp-ntxent",
         "unscaled_share": "e2e-bp-hinge-J",
         "unshifted_rows": "e2e-bp-ntxent"}
 FAST_CASES = (tuple((f, "correct") for f in FAST) + (("e2e-bp-ntxent", "correct"),)
-              + tuple((f, b) for b, f in BUGS.items()))
+              + tuple((f, b) for b, f in BUGS.items()) + (("e2e-bp-hinge-J", "nan_on_rank_1"),))
 SLOW_CASES = tuple((f, "correct") for f in FAMILIES if f not in FAST and f != "e2e-bp-ntxent") + tuple(
     ("clapp-bp", b) for b in BUGS)
 
@@ -269,6 +279,16 @@ def test_gather_bugs_of_lightly_are_caught(bug):
     diff, where = _max_diff(bad["state"], ref["state"])
     print(f"{family} with {bug}: max |Δθ| = {diff:.2e} ({where}) = {diff / moved:.1e} of the largest move")
     assert diff > CAUGHT * moved, f"{bug}: not caught (max |Δθ| {diff:.2e})"
+
+
+def test_a_loss_not_finite_on_one_rank_stops_every_rank_at_that_step():
+    """Rank 1's first views are NaN: only its own loss is not finite (rank 0's terms use its
+    own first views and the gathered second views). Both ranks stop at that step with
+    NonFiniteLoss; had rank 0 gone on, it would wait in the backward's collective forever."""
+    ranks = _run_ranks(FAST_CASES)[("e2e-bp-hinge-J", "nan_on_rank_1")]
+    assert [r.get("stopped") for r in ranks] == [1, 1], ranks
+    assert "not finite on another replica" in ranks[0]["message"]
+    assert "nan" in ranks[1]["message"]
 
 
 @pytest.mark.slow

@@ -107,8 +107,9 @@ def _cmd_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = args.out or _default_out(cfg.name)
         summary = train(cfg, run_dir, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":  # one summary per launch
-        print(json.dumps(summary))
+    if os.environ.get("RANK", "0") != "0":  # one summary (and one probe table) per launch
+        return 0
+    print(json.dumps(summary))
     if args.eval:
         return _eval(run_dir, [])
     return 0
