@@ -3,16 +3,18 @@
 Every random stream of a run is ``derive(train.seed, PURPOSE, *index)``: a hash of the run
 seed, the purpose's name and its indices, so streams never overlap, adding a new stream
 leaves every other stream unchanged, and a stream's draws do not depend on the order in
-which components are built. A data-parallel run will add the rank as a last index for the
-streams that must differ per process (views, negatives) and leave it out for those that
-must agree (weights, feedback, data order).
+which components are built. A data-parallel run (biossl.distributed) adds the rank as an
+index to the one stream that must differ per process (views) and leaves it out of those
+that must agree: weights, feedback, data order, the schedule's draws and the objectives'
+draws, which are made over the global batch on every process alike.
 
 Purposes (the only ones a run uses; :data:`PURPOSES`):
 
 * ``weights``: the encoder's and the objectives' initial weights (the global torch seed
   while they are built).
 * ``data-order``, epoch: the permutation of the training images in that epoch.
-* ``views``: the view recipe's generator (crops, flips, deformations, saccade positions).
+* ``views``: the view recipe's generator (crops, flips, deformations, saccade positions);
+  data parallel: index rank (a resume with another number of processes: rank, global step).
 * ``schedule``: the schedule's own draws (the random layer-wise stage draw).
 * ``feedback``: the random feedback weights B (rf, urf, sign).
 * ``objective``, stage: an objective's draws (CLAPP's negatives and coin, InfoNCE's
