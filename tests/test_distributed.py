@@ -302,15 +302,18 @@ def test_gather_bugs_are_caught_on_clapp(bug):
 
 
 # ---- every objective variant, ranks simulated in one process (fast) ---------------------
-class _Recorder:
+def _recording(rank: int, size: int, seen: list):
     """First pass of a simulated rank: records what it gathers, returns right-sized rows."""
+    from biossl.distributed.replicas import Replicas
 
-    def __init__(self, rank, size):
-        from biossl.distributed.replicas import Replicas
-        self.replicas = type("Recording", (Replicas,), {
-            "rows": lambda s_, t: (self.seen.append(t), t.repeat(size, *[1] * (t.dim() - 1)))[1]})()
-        self.replicas.rank, self.replicas.size = rank, size
-        self.seen: list = []
+    class Recording(Replicas):
+        def rows(self, t):
+            seen.append(t)
+            return t.repeat(size, *[1] * (t.dim() - 1))
+
+    rec = Recording()
+    rec.rank, rec.size = rank, size
+    return rec
 
 
 def _simulated(rank: int, size: int, seen: list[list]):
@@ -382,10 +385,9 @@ def test_objective_shares_average_to_the_global_loss_and_gradient(variant):
         seen = []
         for r in range(size):  # what each rank gathers
             obj.set_draw_state(start)
-            rec = _Recorder(r, size)
-            obj.distribute(rec.replicas)
+            seen.append([])
+            obj.distribute(_recording(r, size, seen[-1]))
             obj(leaves[r], batch(leaves[r], n))
-            seen.append(rec.seen)
         losses = []
         for r in range(size):
             obj.set_draw_state(start)

@@ -219,15 +219,13 @@ class World:
         if not self.distributed:
             return numbers, {k: int(v) for k, v in flags.items()}
         import torch.distributed as dist
-        keys = sorted(numbers)
-        vec = torch.tensor([numbers[k] for k in keys] + [float(flags[k]) for k in flags] + [1.0],
+        keys = sorted(numbers)  # every rank logs the same keys (the same schedule decisions)
+        vec = torch.tensor([numbers[k] for k in keys] + [float(flags[k]) for k in flags],
                            dtype=torch.float64, device=device)
         dist.all_reduce(vec)
-        if int(vec[-1].item()) != self.size:  # pragma: no cover - a programming error
-            raise RuntimeError("ranks disagree on what they log")
-        vals = (vec[:-1] / self.size).tolist()
-        counts = vec[len(keys):-1].tolist()
-        return dict(zip(keys, vals[:len(keys)])), {k: int(round(c)) for k, c in zip(flags, counts)}
+        means = (vec[:len(keys)] / self.size).tolist()
+        counts = vec[len(keys):].tolist()
+        return dict(zip(keys, means)), {k: int(round(c)) for k, c in zip(flags, counts)}
 
 
 def batchnorm_note(module: torch.nn.Module, world: World) -> str | None:
