@@ -40,7 +40,8 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5,
         raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'sum_directions'")
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)                     # this rank's 2n anchors
-    z1_all, z2_all = replicas.rows(z[:n]), replicas.rows(z[n:])     # (N, D) each, rank-major
+    every = replicas.rows(z).view(-1, 2, n, z.shape[1])             # one gather: (ranks, view, n, D)
+    z1_all, z2_all = every[:, 0].reshape(-1, z.shape[1]), every[:, 1].reshape(-1, z.shape[1])
     big = z1_all.shape[0]
     own = replicas.own(n)
     sim = z @ torch.cat([z1_all, z2_all]).t() / temperature        # (2n, 2N)
