@@ -40,7 +40,7 @@ def check_finite(loss: Tensor, what: str, replicas: Replicas = ONE_PROCESS) -> N
     """NonFiniteLoss when ``loss`` is NaN/inf — on any data-parallel replica, so that all of
     them stop at the same point (one that went on would wait for the others forever)."""
     if not replicas.all_finite(loss):
-        here = loss.item() if loss.numel() == 1 else "not finite"
+        here = loss.item() if loss.numel() == 1 else loss.detach().flatten().tolist()
         raise NonFiniteLoss(f"{what} is {here}" if not torch.isfinite(loss).all()
                             else f"{what} is not finite on another replica (here {here})")
 
