@@ -32,7 +32,8 @@ class StopFlag:
     which is then finished first (``count`` tells the writer to stop after it), so the saved
     state is never lost."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce  # False: another process of the launch says it (rank 0)
         self.signal: int | None = None
         self.count = 0
         self.saving = False
@@ -51,8 +52,9 @@ class StopFlag:
         self.count += 1
         if self.signal is None:
             self.signal = signum
-            say(f"\nbiossl: {name} received: stopping after the current step, then saving a "
-                 f"checkpoint (send it again to stop at once; the last checkpoint stays intact)\n")
+            if self.announce:
+                say(f"\nbiossl: {name} received: stopping after the current step, then saving a "
+                    f"checkpoint (send it again to stop at once; the last checkpoint stays intact)\n")
         elif self.saving:
             say(f"\nbiossl: {name} again: finishing the checkpoint being written, then stopping\n")
         else:

@@ -114,7 +114,7 @@ def _train_as(world: World, cfg, run_dir, resume, overwrite, overrides, progress
     if resume and not run_dir.is_dir():
         raise RunDirError(f"--resume: there is no directory {run_dir}; start a run there with: "
                           f"biossl train CONFIG --out {q(run_dir)}")
-    with contextlib.ExitStack() as held, StopFlag() as stop:
+    with contextlib.ExitStack() as held, StopFlag(announce=world.is_main) as stop:
         def set_up():  # rank 0 only: the run directory is its alone
             make_writable_dir(run_dir)
             held.enter_context(lock_run(run_dir))

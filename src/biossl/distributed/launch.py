@@ -258,13 +258,18 @@ def run_torchrun(nproc: int, train_args: list[str]) -> int:
     # its own session: a terminal's Ctrl-C reaches only this process, which passes it on once
     proc = subprocess.Popen(torchrun_command(nproc, train_args), start_new_session=True)
 
+    got: list[int] = []
+
     def forward(signum, frame):
+        got.append(signum)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        code = proc.wait()
+        # torchrun exits 1 after passing a signal on; say what stopped the run, as one process does
+        return 128 + got[0] if got and code != 0 else code
     finally:
         for s, h in old.items():
             signal.signal(s, h)
