@@ -50,9 +50,12 @@ def test_sigkill_after_the_first_steps_loses_little_and_the_dead_lock_does_not_b
     a.wait(timeout=60)
     saved = checkpoint(out)["global_step"]
     assert saved >= 1  # written after the first step, long before checkpoint_every=1000
-    (out / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
+    stray = out / ".checkpoint.pt.k1ll3d.tmp"
+    stray.write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
     b = start("train", "--resume", str(out))
-    wait_until(lambda: metric_rows(out) and metric_rows(out)[-1]["step"] > saved + 2, b,
+    # the killed run's rows after its checkpoint are still there until the resumed run trims
+    # them; the stray file goes only once b holds the lock and handles signals
+    wait_until(lambda: not stray.exists() and metric_rows(out)[-1]["step"] > saved + 2, b,
                what="the resumed run's rows")
     err = _stop(b, signal.SIGINT)
     assert b.returncode == 130, err
