@@ -102,8 +102,9 @@ def config_conditions(groups: list[GroupAudit], obs: Observations) -> dict[str, 
     net = [g for g in groups if g.network and g.updated]
     out = {}
     for c in CONDITIONS:
-        bad = [g.group for g in net if not g.conditions[c].holds]
-        out[c] = Condition(not bad and bool(net), [f"fails for {', '.join(bad)}"] if bad else
+        bad = [g for g in net if not g.conditions[c].holds]
+        out[c] = Condition(not bad and bool(net), [f"fails for {g.group}: {g.conditions[c].evidence[0]}"
+                                                   for g in bad] if bad else
                            ([f"holds for all {len(net)} updated groups"] if net else ["no group was updated"]))
     label_losses = [v for v in obs.losses if v.labels]
     if label_losses:
