@@ -43,8 +43,9 @@ class Observations:
     updates: list[Update] = field(default_factory=list)
     losses: list[Value] = field(default_factory=list)
     """The roots of every backward / grad call."""
-    inputs: dict[str, set[int]] = field(default_factory=dict)
-    """Per module tag: ids of the values that entered it from outside (its inputs)."""
+    inputs: dict[str, dict[int, Value]] = field(default_factory=dict)
+    """Per module tag: the values that entered it from outside (its inputs), by id (held
+    here, so that no id is reused while the audit runs)."""
     batch_stats: list[BatchStats] = field(default_factory=list)
     label_reads: list[str] = field(default_factory=list)
     """Ops that read the labels (one entry per op)."""
@@ -67,12 +68,12 @@ class Recorder(TorchDispatchMode):
     def _pre(self, module, args):
         tag = self.tags[module]
         if self.backward_depth == 0:
-            seen = self.obs.inputs.setdefault(tag, set())
+            seen = self.obs.inputs.setdefault(tag, {})
             for t in tree_flatten(args)[0]:
                 if isinstance(t, Tensor):
                     v = self.obs.table.get(t)
                     if v.context != tag:
-                        seen.add(id(v))
+                        seen[id(v)] = v
         self.stack.append((tag, module))
 
     def _post(self, module, args, out):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from biossl.audit.recorder import BatchStats, Observations, Recorder, Update
+from biossl.audit.values import frozen
 from biossl.audit.verdict import Condition, GroupAudit, config_conditions, judge_group
 from biossl.config import RunConfig, apply_overrides, build_config
 from biossl.naming import rule_name
@@ -57,18 +58,19 @@ class AuditReport:
 
 def audit_config(cfg: RunConfig, batch: int = AUDIT_BATCH, device: str = "cpu",
                  prepare=None) -> AuditReport:
-    """Audit ``cfg`` (on the CPU, uncompiled); ``prepare(rule)`` may change the assembled
-    rule first (tests break rules on purpose with it)."""
+    """Audit ``cfg`` (on the CPU, uncompiled). ``prepare(rule, labels)`` may change the
+    assembled rule first, given the audited images' labels (tests break rules on purpose
+    with it, e.g. a loss that reads the labels)."""
     from biossl.assemble import assemble
     cfg = build_config(apply_overrides(cfg.to_dict(), ["train.compile=false"]))
     t0 = time.perf_counter()
     asm = assemble(cfg, torch.device(device))
     rule = asm.rule
+    images, labels, source = sample(asm, batch)
     if prepare is not None:
-        prepare(rule)
+        prepare(rule, labels)
     for probe in rule.probes:
         probe.every = 0  # the angle to BP is a measurement with B := W, not the update
-    images, labels, source = sample(asm, batch)
     gen = torch.Generator(device=asm.device).manual_seed(0)
 
     def make_batch():
@@ -125,7 +127,8 @@ def sample(asm, batch: int):
     cfg = asm.cfg
     try:
         data = load_dataset(cfg.data.name, asm.spec.ssl_split, root=cfg.data.root, download=False)
-        x, y = data.images[:batch], data.labels[:batch].clone()
+        # a view of the split's labels: the tag covers the whole label tensor the dataset loaded
+        x, y = data.images[:batch], data.labels[:batch]
         source = f"{cfg.data.name}/{asm.spec.ssl_split}, first {batch}"
     except Exception as e:  # absent dataset: the audit checks code, not data
         g = torch.Generator().manual_seed(0)
@@ -197,7 +200,7 @@ def capture_updates(rule, obs: Observations, names, groups):
                 for p in grp["params"]:
                     if p.grad is not None and p in names:
                         n = names[p]
-                        obs.updates.append(Update(n, groups[n], obs.table.get(p.grad), p.dim()))
+                        obs.updates.append(Update(n, groups[n], frozen(obs.table.get(p.grad)), p.dim()))
         return step
     for o in opts:
         o.step = capture(o)

@@ -8,9 +8,11 @@ view (nothing new) or, for an op that writes into an operand, adds operands to t
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
 
 LEAF_KINDS = ("param", "buffer", "labels", "data", "untracked")
 """Values the step did not compute: network and transport parameters, buffers (feedback
@@ -85,26 +87,35 @@ def stride_order(t: Tensor) -> bool | None:
     return t.stride(-2) >= t.stride(-1)
 
 
+def frozen(v: Value) -> Value:
+    """A copy of ``v`` that later writes into its storage do not change (an update as applied)."""
+    c = copy.copy(v)
+    c.parents, c.uses = list(v.parents), list(v.uses)
+    return c
+
+
 class ValueTable:
-    """Storage → the live value there."""
+    """Storage → the live value there. Each entry holds a weak reference to its storage: an
+    address freed and reused by an allocation the recorder did not see (``torch.tensor``)
+    is not mistaken for the value that lived there before."""
 
     def __init__(self):
-        self.values: dict[tuple[str, int], Value] = {}
+        self.values: dict[tuple[str, int], tuple[Value, StorageWeakRef]] = {}
 
     def set(self, t: Tensor, v: Value) -> Value:
         key = storage_key(t)
         if key is not None:
-            self.values[key] = v
+            self.values[key] = (v, StorageWeakRef(t.untyped_storage()))
         return v
 
     def get(self, t: Tensor) -> Value:
         """The value ``t`` lives in; an 'untracked' leaf for storages the step did not make."""
         key = storage_key(t)
-        v = self.values.get(key) if key is not None else None
+        entry = self.values.get(key) if key is not None else None
+        v = entry[0] if entry is not None and not entry[1].expired() else None
         if v is None:
             v = Value("untracked", op="tensor from before the step", shape=tuple(t.shape))
-            if key is not None:
-                self.values[key] = v
+            self.set(t, v)
         return v
 
     def flipped(self, t: Tensor) -> bool:

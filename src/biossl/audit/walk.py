@@ -38,7 +38,7 @@ class Lineage:
     labels: bool = False
 
 
-def walk(start: Value, own_inputs: set[int], own_weight: str, weight_dims: int) -> Lineage:
+def walk(start: Value, own_inputs: dict[int, Value], own_weight: str, weight_dims: int) -> Lineage:
     """The lineage of the update ``start`` of parameter ``own_weight``; ``own_inputs``: ids of
     the values that entered the parameter's module from outside."""
     out = Lineage(labels=start.labels)
