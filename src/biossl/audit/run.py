@@ -78,8 +78,10 @@ def audit_config(cfg: RunConfig, batch: int = AUDIT_BATCH, device: str = "cpu",
 
     rule.train()
     rule.start_epoch(0)
-    for _ in range(rule.encoder_frozen_steps()):  # e.g. DTP's inverse warm-up: no forward weight moves
-        rule.step(make_batch())
+    # the warm-up a transport declares (DTP's inverses learn alone: no forward weight moves)
+    # runs uninstrumented on two images: the audit needs the steps after it
+    for _ in range(rule.encoder_frozen_steps()):
+        rule.step(asm.recipe(images[:2], gen))
     names, groups, network = parameter_names(rule)
     heads_on = {head: span[-1] for head, span in zip(head_names(rule), rule.spans)}
     obs = Observations()
@@ -102,7 +104,7 @@ def audit_config(cfg: RunConfig, batch: int = AUDIT_BATCH, device: str = "cpu",
             for i, b in enumerate(batches):
                 wanted = {g for g, net in network.items() if net}
                 have = {u.group for u in obs.updates}
-                if i >= len(epochs_plan) and wanted <= have:
+                if done and wanted <= have:  # every group of the network has been updated
                     break
                 e = epochs_plan[i] if i < len(epochs_plan) else epochs_plan[i % len(epochs_plan)]
                 rule.start_epoch(e)
@@ -184,7 +186,9 @@ def parameter_names(rule):
 
 
 def schedule_positions(rule) -> list[int]:
-    """Epochs at which every segment's turn comes (greedy: each stage's first epoch)."""
+    """Epochs at which every segment's turn comes (greedy: each stage's first epoch); the
+    audit steps at them in turn until every group of the network has been updated (one step
+    for schedules that update every stage every step; random draws get extra steps)."""
     e, s = rule.num_epochs(), len(rule.spans)
     return sorted({min(e - 1, i * e // s) for i in range(s)})
 

@@ -70,7 +70,7 @@ def judge_group(group: str, params: list[str], updates: list[Update], obs: Obser
     g.reads += [f"{t}: e.g. {d}" for t, d in sorted(read.items())]
     if data:
         g.reads.append("input data (not as its input)")
-    local_ev = [f"{t} activity, e.g. {d}" for t, d in sorted(foreign.items())]
+    local_ev = [f"{t} activity, e.g. {d}" for t, d in sorted(foreign.items(), key=_stages_first)]
     if data:
         local_ev.append("the input data, which is not this group's input")
     g.conditions["i"] = Condition(not local_ev, local_ev or [f"reads only {', '.join(_own(g.reads))}"])
@@ -90,6 +90,10 @@ def judge_group(group: str, params: list[str], updates: list[Update], obs: Obser
     g.conditions["iv"] = Condition(not lab, ["computed from the labels"] if lab else ["not computed from the labels"])
     g.error_ops = sorted(set().union(*(ln.error_ops for ln in lines)))
     return g
+
+
+def _stages_first(item) -> tuple[bool, str]:
+    return (not item[0].startswith("stage"), item[0])
 
 
 def _own(reads: list[str]) -> list[str]:

@@ -87,5 +87,5 @@ def walk(start: Value, own_inputs: dict[int, Value], own_weight: str, weight_dim
     # weights the error met before it became a target a module computed from (DTP's g)
     for w in start.transported:
         if w != own_weight and w not in out.transported:
-            out.transported[w] = {"the error a target was computed from"}
+            out.transported[w] = {"Wᵀ in the error this target was computed from"}
     return out
