@@ -170,6 +170,17 @@ def test_a_feedback_layer_that_uses_w_is_caught():
     assert "stage2.0.weight used by input gradient of a convolution" in evidence(copied, "stage1", "iii")
 
 
+def test_a_feedback_buffer_that_is_w_is_caught():
+    def alias(rule, labels):
+        for m in rule.modules():
+            if isinstance(m, FeedbackLayer):
+                m.feedback = m.weight.detach()     # the buffer B now *is* W's storage
+    r = audit("fmnist-bp-hinge", "transport.name=rf", prepare=alias)
+    assert not verdict(r)["iii"]
+    assert "buffer encoder.stages.1.0.feedback is the storage of stage1.0.weight" in r.conditions["iii"].evidence
+    assert "stage1.0.weight used by input gradient of a convolution" in evidence(r, "stage0", "iii")
+
+
 def test_a_loss_that_reads_the_labels_is_caught():
     def peek(rule, labels):
         obj = rule.objectives[0]

@@ -47,10 +47,18 @@ class Observations:
     """Per module tag: the values that entered it from outside (its inputs), by id (held
     here, so that no id is reused while the audit runs)."""
     batch_stats: list[BatchStats] = field(default_factory=list)
+    shared_storage: list[tuple[str, str]] = field(default_factory=list)
+    """(buffer, parameter) pairs whose storage is the same (feedback that is W)."""
     label_reads: list[str] = field(default_factory=list)
     """Ops that read the labels (one entry per op)."""
     backward_calls: int = 0
     ops: int = 0
+
+
+def _graph_task() -> int:
+    """The id of the autograd graph task running on this thread (-1: none)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current() if current is not None else -1
 
 
 class Recorder(TorchDispatchMode):
@@ -67,7 +75,7 @@ class Recorder(TorchDispatchMode):
     # ---- module context ----------------------------------------------------------------
     def _pre(self, module, args):
         tag = self.tags[module]
-        if self.backward_depth == 0:
+        if not self.in_backward():
             seen = self.obs.inputs.setdefault(tag, {})
             for t in tree_flatten(args)[0]:
                 if isinstance(t, Tensor):
@@ -115,6 +123,11 @@ class Recorder(TorchDispatchMode):
             if isinstance(t, Tensor):
                 self.obs.losses.append(self.obs.table.get(t))
 
+    def in_backward(self) -> bool:
+        """Inside a backward/grad call, or inside autograd's engine however it was started
+        (``from torch.autograd import grad`` escapes the wrapper, not the engine's task id)."""
+        return self.backward_depth > 0 or _graph_task() != -1
+
     @contextlib.contextmanager
     def _in_backward(self):
         self.backward_depth += 1
@@ -125,6 +138,12 @@ class Recorder(TorchDispatchMode):
 
     # ---- leaves ------------------------------------------------------------------------
     def register(self, t: Tensor, kind: str, name: str, network: bool = False) -> Value:
+        """Tag a leaf. A buffer that shares a parameter's storage stays that parameter (a
+        "feedback weight" that is W is W)."""
+        old = self.obs.table.values.get(storage_key(t))
+        if kind == "buffer" and old is not None and old[0].kind == "param":
+            self.obs.shared_storage.append((name, old[0].op))
+            return old[0]
         v = Value(kind, op=name, shape=tuple(t.shape), labels=kind == "labels", network=network,
                   activity=kind == "data")
         if kind in ("param", "buffer"):
@@ -147,7 +166,7 @@ class Recorder(TorchDispatchMode):
         in_keys = {storage_key(t) for t in operands}
         if any(v.kind == "labels" or v.labels for v in vals):
             self.obs.label_reads.append(name)
-        backward = self.backward_depth > 0
+        backward = self.in_backward()
         context = None if backward or not self.stack else self.stack[-1][0]
         if not backward and ops.batch_stats(name, args):
             self.obs.batch_stats.append(BatchStats(context or "rule code",
@@ -208,7 +227,7 @@ class Recorder(TorchDispatchMode):
         if target.is_weight and any(not p.is_weight for p in new):
             target.weight = None
         target.parents.extend(new)
-        target.error = target.error or any(p.error for p in new) or self.backward_depth > 0
+        target.error = target.error or any(p.error for p in new) or self.in_backward()
         target.labels = target.labels or any(p.labels for p in new)
         target.activity = target.activity or target.error or any(p.activity for p in new)
         target.uses = target.uses + list(uses)

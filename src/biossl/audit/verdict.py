@@ -110,6 +110,9 @@ def config_conditions(groups: list[GroupAudit], obs: Observations) -> dict[str, 
         out[c] = Condition(not bad and bool(net), [f"fails for {g.group}: {g.conditions[c].evidence[0]}"
                                                    for g in bad] if bad else
                            ([f"holds for all {len(net)} updated groups"] if net else ["no group was updated"]))
+    if obs.shared_storage:  # whether or not the step used it: a feedback buffer that is W
+        shared = [f"buffer {b} is the storage of {p}" for b, p in obs.shared_storage]
+        out["iii"] = Condition(False, ([] if out["iii"].holds else out["iii"].evidence) + shared)
     label_losses = [v for v in obs.losses if v.labels]
     if label_losses:
         out["iv"] = Condition(False, out["iv"].evidence + [f"{len(label_losses)} differentiated loss(es) "
