@@ -58,11 +58,20 @@ class AuditReport:
 
 def audit_config(cfg: RunConfig, batch: int = AUDIT_BATCH, device: str = "cpu",
                  prepare=None) -> AuditReport:
-    """Audit ``cfg`` (on the CPU, uncompiled). ``prepare(rule, labels)`` may change the
-    assembled rule first, given the audited images' labels (tests break rules on purpose
-    with it, e.g. a loss that reads the labels)."""
+    """Audit ``cfg`` (on the CPU, uncompiled, one thread). ``prepare(rule, labels)`` may
+    change the assembled rule first, given the audited images' labels (tests break rules on
+    purpose with it, e.g. a loss that reads the labels)."""
+    threads = torch.get_num_threads()
+    try:
+        return _audit(cfg, batch, device, prepare)
+    finally:
+        torch.set_num_threads(threads)  # assemble sets train.threads; the caller's count comes back
+
+
+def _audit(cfg: RunConfig, batch: int, device: str, prepare) -> AuditReport:
     from biossl.assemble import assemble
-    cfg = build_config(apply_overrides(cfg.to_dict(), ["train.compile=false"]))
+    # tiny tensors: one thread (more only spin against each other on a busy machine)
+    cfg = build_config(apply_overrides(cfg.to_dict(), ["train.compile=false", "train.threads=1"]))
     t0 = time.perf_counter()
     asm = assemble(cfg, torch.device(device))
     rule = asm.rule
