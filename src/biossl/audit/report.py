@@ -20,9 +20,9 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def format_report(report: AuditReport) -> str:
+def format_report(report: AuditReport, heading: str = "##") -> str:
     r = report
-    lines = [f"## audit: {r.name} — {r.rule}, {r.objective}, {r.encoder}", "",
+    lines = [f"{heading} audit: {r.name} — {r.rule}, {r.objective}, {r.encoder}", "",
              f"{len(r.epochs)} instrumented step(s) (schedule epochs {r.epochs}) on {r.batch} images "
              f"({r.data}); {r.ops} ops recorded, {r.backward_calls} backward/grad call(s), {r.seconds:.1f} s.",
              "", "| condition | holds | evidence |", "|---|---|---|"]
