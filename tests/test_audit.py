@@ -214,3 +214,24 @@ def test_audit_leaves_autograd_as_it_found_it():
     x = torch.ones(2, requires_grad=True)
     (x * 3).sum().backward()
     assert x.grad.tolist() == [3.0, 3.0]
+
+
+def test_compare_takes_its_condition_column_from_the_audit(tmp_path):
+    from biossl.compare import audit_cell
+    cfg = load_config("fmnist-gim", [])
+    assert audit_cell(cfg, tmp_path) == {"i": True, "ii": False, "iii": False, "iv": True}
+    stored = json.loads((tmp_path / "audit.json").read_text())
+    assert stored["verdict"]["iii"] is False and stored["groups"][0]["group"] == "stage0"
+
+
+def test_suite_audit_shows_where_the_declarations_disagree(tmp_path):
+    from biossl.audit.suite import audit_suite
+    suite = tmp_path / "two.yaml"
+    suite.write_text("name: two\ncells:\n  - {label: gim, config: fmnist-gim}\n"
+                     "  - {label: clapp, config: fmnist-clapp}\n")
+    md = audit_suite(str(suite), batch=BATCH)
+    gim = next(line for line in md.splitlines() if line.startswith("| gim |"))
+    clapp = next(line for line in md.splitlines() if line.startswith("| clapp |"))
+    assert "| ✓✗✗✓ | ✓✗✓✓ | (iii) declared ✓ |" in gim      # InfoNCE's W_kᵀ z: declared as no transport
+    assert "| ✓✓✓✓ | ✓✓✓✓ | — |" in clapp
+    assert md.count("<details>") == 2
