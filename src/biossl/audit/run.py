@@ -111,7 +111,7 @@ def _audit(cfg: RunConfig, batch: int, device: str, prepare) -> AuditReport:
     try:
         with rec.hooked():
             for i, b in enumerate(batches):
-                wanted = {g for g, net in network.items() if net}
+                wanted = {g for n, g in groups.items() if network[g]}  # groups that have parameters
                 have = {u.group for u in obs.updates}
                 if done and wanted <= have:  # every group of the network has been updated
                     break
@@ -124,6 +124,8 @@ def _audit(cfg: RunConfig, batch: int, device: str, prepare) -> AuditReport:
     audits = []
     for g in network:
         params = [n for n, grp in groups.items() if grp == g]
+        if not params:  # e.g. an objective without weights of its own
+            continue
         ups = [u for u in obs.updates if u.group == g]
         audits.append(judge_group(g, params, ups, obs, heads_on, network[g]))
     return AuditReport(cfg.name, rule_name(cfg), cfg.objective.name, cfg.encoder.name, batch, source, done,
