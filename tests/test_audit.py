@@ -76,6 +76,11 @@ def test_explicit_rule_is_audited_from_its_grad_writes():
     assert verdict(r) == {"i": True, "ii": True, "iii": True, "iv": True}
     s = audit("fmnist-clapp-s", "transport.name=explicit")   # W_predᵀ z, written by hand
     assert not verdict(s)["iii"] and "head0.w_pred used by mm with Wᵀ" in evidence(s, "stage0", "iii")
+    # the official asymmetric form computes its mirror score u′ = cᵀ W_retro z as (c W_retro)·z:
+    # a score the loss is computed from, not an error sent through W_retroᵀ (as its autograd form)
+    for transport in ("explicit", "bp"):
+        mirror = audit("fmnist-clapp", f"transport.name={transport}", "objective.retro_score=separate")
+        assert verdict(mirror) == {"i": True, "ii": True, "iii": True, "iv": True}
 
 
 def test_dtp_is_local_and_its_transport_is_the_heads():

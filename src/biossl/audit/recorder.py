@@ -43,6 +43,9 @@ class Observations:
     updates: list[Update] = field(default_factory=list)
     losses: list[Value] = field(default_factory=list)
     """The roots of every backward / grad call."""
+    read_out: list[Value] = field(default_factory=list)
+    """Scalars the code read out (``.item()``) that carry no error: the losses a rule without
+    autograd reports."""
     inputs: dict[str, dict[int, Value]] = field(default_factory=dict)
     """Per module tag: the values that entered it from outside (its inputs), by id (held
     here, so that no id is reused while the audit runs)."""
@@ -53,6 +56,19 @@ class Observations:
     """Ops that read the labels (one entry per op)."""
     backward_calls: int = 0
     ops: int = 0
+
+    def forward_values(self) -> set[int]:
+        """Ids of the values the losses were computed from (not through an error): the
+        forward computation. What an update read beyond it is its error computation."""
+        seen: set[int] = set()
+        stack = [v for v in self.losses + self.read_out if not v.error]
+        while stack:
+            v = stack.pop()
+            if id(v) in seen or v.error:
+                continue
+            seen.add(id(v))
+            stack += v.parents
+        return seen
 
 
 def _graph_task() -> int:
@@ -166,6 +182,8 @@ class Recorder(TorchDispatchMode):
         in_keys = {storage_key(t) for t in operands}
         if any(v.kind == "labels" or v.labels for v in vals):
             self.obs.label_reads.append(name)
+        if name == "_local_scalar_dense":
+            self.obs.read_out += [v for v in vals if not v.error]
         backward = self.in_backward()
         context = None if backward or not self.stack else self.stack[-1][0]
         if not backward and ops.batch_stats(name, args):

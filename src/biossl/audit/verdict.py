@@ -53,7 +53,8 @@ def judge_group(group: str, params: list[str], updates: list[Update], obs: Obser
     g = GroupAudit(group, params, updated=bool(updates), network=network)
     if not updates:
         return g
-    lines: list[Lineage] = [walk(u.value, obs.inputs.get(group, {}), u.name, u.dims) for u in updates]
+    forward = obs.forward_values()
+    lines: list[Lineage] = [walk(u.value, obs.inputs.get(group, {}), u.name, u.dims, forward) for u in updates]
     ok_tags = allowed_tags(group, heads_on) | {"transport"}
     foreign: dict[str, str] = {}
     read: dict[str, str] = {}

@@ -38,9 +38,12 @@ class Lineage:
     labels: bool = False
 
 
-def walk(start: Value, own_inputs: dict[int, Value], own_weight: str, weight_dims: int) -> Lineage:
+def walk(start: Value, own_inputs: dict[int, Value], own_weight: str, weight_dims: int,
+         forward: set[int] = frozenset()) -> Lineage:
     """The lineage of the update ``start`` of parameter ``own_weight``; ``own_inputs``: ids of
-    the values that entered the parameter's module from outside."""
+    the values that entered the parameter's module from outside; ``forward``: ids of the
+    values the losses were computed from (a weight's use there computes a score, in whatever
+    association order, e.g. (cᵀW) z for cᵀ(W z): not a transport of the error)."""
     out = Lineage(labels=start.labels)
     out.flags |= start.flags
     seen: set[tuple[int, bool]] = set()
@@ -74,7 +77,7 @@ def walk(start: Value, own_inputs: dict[int, Value], own_weight: str, weight_dim
         out.error_ops.add(v.op)
         if v.flag:
             out.flags.add(f"{v.op} ({v.flag})")
-        for w, how in v.uses:
+        for w, how in v.uses if id(v) not in forward else ():
             if w != own_weight:
                 out.transported.setdefault(w, set()).add(how)
         weight_product = v.op in ops.MATMUL or v.op in ops.CONV_BACKWARD
