@@ -175,6 +175,34 @@ def test_a_feedback_layer_that_uses_w_is_caught():
     assert "stage2.0.weight used by input gradient of a convolution" in evidence(copied, "stage1", "iii")
 
 
+class ClosureFn(torch.autograd.Function):
+    """A linear map whose backward reads W from the module, not from what it saved."""
+
+    @staticmethod
+    def forward(ctx, x, weight, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return g @ ctx.layer.weight, g.t() @ x, None
+
+
+class ClosureLinear(FeedbackLinear):
+    def forward(self, x):
+        return ClosureFn.apply(x, self.weight, self)
+
+
+def test_a_backward_that_reads_w_without_saving_it_is_caught():
+    """What autograd saved does not show it (only x is saved): the ops the backward ran do."""
+    r = audit("fmnist-bp-hinge", "transport.name=urf", prepare=swap_feedback(FeedbackConv, ClosureLinear))
+    assert not verdict(r)["iii"] and verdict(r)["ii"]
+    assert evidence(r, "stage2", "iii") == "head.head.mlp.0.weight used by mm with Wᵀ"
+    assert group(r, "head").conditions["iii"].holds   # W's own gradient g x does not use W
+
+
 def test_a_feedback_buffer_that_is_w_is_caught():
     def alias(rule, labels):
         for m in rule.modules():
