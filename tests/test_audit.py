@@ -3,7 +3,6 @@ verdicts the papers state, and for rules broken on purpose in this file (a stage
 keeps its graph, a feedback layer that uses W, a loss that reads the labels)."""
 import json
 
-import pytest
 import torch
 
 from biossl.audit import audit_config

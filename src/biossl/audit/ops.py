@@ -33,7 +33,7 @@ def shape_only(name: str) -> bool:
     return name.endswith("_like") or name.startswith(SHAPE_ONLY_PREFIXES)
 
 
-def error_flag(name: str, args, divisor_computed: bool) -> str | None:
+def error_flag(name: str, divisor_computed: bool) -> str | None:
     """Condition (ii)'s name for what the op does, when it is one it excludes."""
     if name in SOFTMAX:
         return "softmax"

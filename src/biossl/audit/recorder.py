@@ -199,7 +199,7 @@ class Recorder(TorchDispatchMode):
                     uses.append((v.weight, how))
         div = ops.divisor(name, args)
         divisor_computed = div is not None and table.get(div).activity
-        flag = ops.error_flag(name, args, divisor_computed)
+        flag = ops.error_flag(name, divisor_computed)
         outs = [o for o in tree_flatten(out)[0]]
         for j, o in enumerate(outs):
             if not isinstance(o, Tensor):
