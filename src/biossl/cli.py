@@ -1,4 +1,4 @@
-"""Command line: ``biossl list | train | eval | bench | compare``."""
+"""Command line: ``biossl list | config | train | eval | bench | compare | audit``."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,7 @@ EPILOG = """examples:
   biossl eval runs/demo
   biossl bench
   biossl compare fmnist-quick
+  biossl audit fmnist-gll-hinge transport.name=urf
 """
 
 
@@ -138,6 +139,27 @@ def _cmd_compare(args) -> int:
     return compare_main(args)
 
 
+def _cmd_audit(args) -> int:
+    from biossl.audit import audit_config
+    from biossl.audit.report import format_report
+    from biossl.config import load_config
+    if args.suite:
+        from biossl.audit.suite import audit_suite
+        if args.config or args.overrides or args.json:
+            raise ConfigError("--suite audits a suite's cells as they are: drop CONFIG, overrides and --json")
+        print(audit_suite(args.suite, batch=args.batch), end="")
+        return 0
+    if not args.config:
+        raise ConfigError("give a CONFIG (a YAML path or a recipe name: biossl list), or --suite SUITE")
+    report = audit_config(load_config(args.config, args.overrides), batch=args.batch)
+    print(format_report(report), end="")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=1))
+        print(f"\nwritten: {args.json}")
+    return 0
+
+
 def _count(least: int):
     """argparse type: an integer ≥ ``least`` (the parser names the option and exits 2)."""
     def parse(text: str) -> int:
@@ -199,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="suite directory (default results/SUITE)")
     s.add_argument("--seeds", type=int, nargs="*", help="override the suite's seeds")
     s.set_defaults(fn=_cmd_compare)
+    s = sub.add_parser("audit", help="conditions (i)-(iv) observed in one instrumented training step, with evidence",
+                       epilog="what each check observes and its limits: docs/audit.md")
+    s.add_argument("config", nargs="?", help="YAML path or recipe name (biossl list)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.name=greedy transport.name=urf")
+    s.add_argument("--suite", help="audit every cell of this suite (biossl list) into one table instead")
+    s.add_argument("--batch", type=_count(2), default=16, help="images in the audited step (≥ 2)")
+    s.add_argument("--json", help="also write the audit as JSON to this path")
+    s.set_defaults(fn=_cmd_audit)
     return p
 
 

@@ -39,8 +39,6 @@ from biossl.data import get_spec
 from biossl.evaluate import MFCC_LABEL, is_waveform
 from biossl.measure import peak_bytes, reset_peak
 from biossl.naming import RANDOM_INIT, UNTRAINED, rule_name
-from biossl.registry import OBJECTIVES, SCHEDULES, TRANSPORTS
-from biossl.rules.base import plausibility
 from biossl.rundir import RUN_CONFIG, config_changes, load_run_config, save_run_config
 from biossl.suite_report import format_markdown, plot, random_label, write_csv
 from biossl.suite_result import CellResult, SuiteRow, group_rows
@@ -198,6 +196,15 @@ def run_cell(cfg: RunConfig, cell_dir: Path, trained: bool = True, transfer: lis
     return res
 
 
+def audit_cell(cfg: RunConfig, cell_dir: Path) -> dict[str, bool]:
+    """The conditions (i)–(iv) ``biossl audit`` observes for a cell's config (its evidence
+    written to ``audit.json`` in the cell's directory)."""
+    from biossl.audit import audit_config
+    report = audit_config(cfg)
+    write_text_atomic(json.dumps(report.to_json(), indent=1), cell_dir / "audit.json")
+    return report.verdict()
+
+
 def _run_baseline(cfg: RunConfig, seed: int, name: str, cell_dir: Path, tag: str, progress: bool,
                   **kw) -> CellResult:
     """A baseline row's cell (random init, MFCC): ``cfg`` with this seed and name, probed only."""
@@ -227,9 +234,8 @@ def run_suite(suite: Suite, out: Path, progress: bool = True) -> list[SuiteRow]:
         if res.protocol not in protocols:
             protocols.append(res.protocol)
         groups.setdefault(cell.label, []).append(res)
-        plaus[cell.label] = plausibility(SCHEDULES.get(cfg.schedule.name).factory,
-                                         TRANSPORTS.get(cfg.transport.name).factory,
-                                         OBJECTIVES.get(cfg.objective.name).factory, cfg.objective.params)
+        if cell.label not in plaus:  # observed, not declared: one instrumented step (biossl audit)
+            plaus[cell.label] = audit_cell(cfg, cell_dir)
         key = random_label(cfg.encoder.name, cfg.views.name)
         seeds = randoms.setdefault(key, (cfg, []))[1]
         if seed not in seeds:

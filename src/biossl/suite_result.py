@@ -115,7 +115,7 @@ class SuiteRow:
     results: list[CellResult]
     """One result per seed (the first one names the rule, objective, encoder and views)."""
     plausible: dict[str, bool] = field(default_factory=dict)
-    """Bio-SSL plausibility conditions met by the rule with its objective; empty: not rated."""
+    """Bio-SSL plausibility conditions observed by ``biossl audit`` for the row's config; empty: not rated."""
 
     @property
     def first(self) -> CellResult:
