@@ -260,10 +260,13 @@ def test_suite_audit_shows_where_the_declarations_disagree(tmp_path):
     from biossl.audit.suite import audit_suite
     suite = tmp_path / "two.yaml"
     suite.write_text("name: two\ncells:\n  - {label: gim, config: fmnist-gim}\n"
-                     "  - {label: clapp, config: fmnist-clapp}\n")
+                     "  - {label: clapp, config: fmnist-clapp}\n"
+                     "  - {label: bn, config: video-clapp, overrides: [encoder.batch_norm=true]}\n")
     md = audit_suite(str(suite), batch=BATCH)
-    gim = next(line for line in md.splitlines() if line.startswith("| gim |"))
-    clapp = next(line for line in md.splitlines() if line.startswith("| clapp |"))
-    assert "| ✓✗✗✓ | ✓✗✓✓ | (iii) declared ✓ |" in gim      # InfoNCE's W_kᵀ z: declared as no transport
-    assert "| ✓✓✓✓ | ✓✓✓✓ | — |" in clapp
-    assert md.count("<details>") == 2
+    row = {label: next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+           for label in ("gim", "clapp", "bn")}
+    assert "| ✓✗✗✓ | ✓✗✗✓ | — |" in row["gim"]      # InfoNCE's W_kᵀ z, now declared too
+    assert "| ✓✓✓✓ | ✓✓✓✓ | — |" in row["clapp"]
+    # no part declares its encoder's batch statistics: only the audit sees BatchNorm's error
+    assert "✓✗✓✓ +BN | ✓✓✓✓ | (ii) declared ✓ |" in row["bn"]
+    assert md.count("<details>") == 3

@@ -107,7 +107,7 @@ def test_plausibility_of_rule_objective_pairs():
     assert all(cond("transport.name=explicit", config="fmnist-clapp").values())
     dtp = cond(config="fmnist-dtp-hinge")                                          # local targets, head by BP
     assert dtp["i"] and dtp["ii"] and not dtp["iii"]
-    assert cond("transport.name=targets", config="fmnist-cpc")["iii"]              # headless: no transport
+    assert not cond("transport.name=targets", config="fmnist-cpc")["iii"]          # InfoNCE's W_kᵀ z (the audit found it)
     assert not cond("objective.name=infonce", config="fmnist-clapp")["ii"]         # GIM
     assert not cond("schedule.name=e2e", config="fmnist-clapp")["iii"]             # hinge-CPC: BP between stages
     assert not cond("schedule.name=simultaneous")["iii"]                           # hinge head by BP

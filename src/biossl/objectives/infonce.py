@@ -57,6 +57,12 @@ class InfoNCEObjective(PredictiveObjective):
     Config = InfoNCEConfig
     plausible_error = False
 
+    @classmethod
+    def uses_weight_transport(cls, params) -> bool:
+        """The context's error is W_kᵀ z: the score's forward weight, used backwards (found
+        by the audit; declared as no transport before)."""
+        return True
+
     def __init__(self, cfg: InfoNCEConfig, in_shape: tuple[int, ...]):
         super().__init__(cfg.draws)
         cfg.validate()
