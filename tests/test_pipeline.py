@@ -1,0 +1,177 @@
+"""Layer-parallel training (biossl.distributed.pipeline): stage groups in separate gloo
+processes compute exactly the sequential simultaneous rule, in both modes."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from biossl.assemble import assemble
+from biossl.config import ConfigError, load_config
+from biossl.distributed.pipeline import (Layout, StagePipeline, part_diagnostics, refusal, serve,
+                                         torchrun_process_group)
+from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops
+
+CLAPP = ["encoder.channels=[4,8,8]", "train.batch_size=6", "objective.steps=3"]
+"""fmnist-clapp on saccade grids (6×6 patches), official coin and W_retro."""
+HINGE = ["schedule.name=simultaneous", "encoder.channels=[4,8,8]", "train.batch_size=6",
+         "objective.negatives=3"]
+"""Layer-wise hinge on augmentation pairs (a 'pairs' objective with a head per stage)."""
+
+
+def build(config: str, overrides: list[str], steps: int):
+    """The rule in float64 and ``steps`` batches of random images, the same on every rank."""
+    cfg = load_config(config, overrides)
+    asm = assemble(cfg, torch.device("cpu"))
+    rule = asm.rule.double()
+    g = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (steps, cfg.train.batch_size, *asm.spec.image_shape),
+                           dtype=torch.uint8, generator=g)
+    batches = []
+    for x in images:
+        b = asm.recipe(x, g)
+        b.x = b.x.double()
+        batches.append(b)
+    return rule, batches
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, groups, split, config, overrides, mode, steps, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with torchrun_process_group():
+        rule, batches = build(config, overrides, steps)
+        layout = Layout(rank, world, groups)
+        ranges = group_ranges(len(rule.spans), split)
+        if layout.group:
+            serve(rule, layout, ranges, mode, max_in_flight=2)
+            return
+        pipe = StagePipeline(rule, layout, ranges, mode, max_in_flight=2)
+        pipe.start_epoch(0)
+        try:
+            rows = [pipe.step(b) for b in batches]
+            diag = pipe.diagnostics()
+            state = pipe.state_dict()
+        finally:
+            pipe.close()
+        torch.save({"rows": rows, "diag": diag, "state": state}, f"{out_dir}/rank{rank}.pt")
+
+
+def launch(tmp_path, world, groups, split, config, overrides, mode, steps):
+    mp.spawn(_worker, args=(world, _free_port(), groups, split, config, overrides, mode, steps,
+                            str(tmp_path)), nprocs=world, join=True)
+    return {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+            for r in range(0, world, groups)}
+
+
+def sequential(config, overrides, steps):
+    rule, batches = build(config, overrides, steps)
+    rule.start_epoch(0)
+    rows = [rule.step(b) for b in batches]
+    return rule, rows
+
+
+def assert_same_state(a: dict, b: dict, path: str = "") -> None:
+    """Equal trees of tensors/numbers (float64 tensors to 1e-12 relative)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("config,overrides", [("fmnist-clapp", CLAPP), ("fmnist-gll-hinge", HINGE)],
+                         ids=["clapp-grid", "hinge-pairs"])
+def test_two_stage_groups_equal_the_sequential_rule(tmp_path, mode, config, overrides):
+    """2 gloo processes (stages 0–1 | 2) for 4 steps: every parameter, optimizer moment,
+    objective generator and probe equals the sequential simultaneous rule's, and the last
+    step's per-stage losses too; the weights did move."""
+    steps = 4
+    got = launch(tmp_path, 2, 2, [2], config, overrides, mode, steps)[0]
+    rule, rows = sequential(config, overrides, steps)
+    assert_same_state(got["state"], rule.state_dict())
+    start, _ = build(config, overrides, 1)
+    assert not torch.equal(start.encoder.stages[2][0].weight, rule.encoder.stages[2][0].weight)
+    for k in ("loss/stage0", "loss/stage1", "loss/stage2", "loss"):
+        assert got["diag"][k] == pytest.approx(rows[-1][k], rel=1e-12), k
+    if mode == "sync":  # every row exact, not only at log steps
+        for got_row, row in zip(got["rows"], rows):
+            for k in row:
+                assert got_row[k] == pytest.approx(row[k], rel=1e-12), k
+    else:  # group 0's own stages are exact in every row; later ones are the newest reported
+        for got_row, row in zip(got["rows"], rows):
+            assert got_row["loss/stage0"] == pytest.approx(row["loss/stage0"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_three_groups_async_equal_the_sequential_rule(tmp_path):
+    """One stage per process (3 gloo processes), async: the state after 3 steps is the
+    sequential one (the middle group both receives and hands on)."""
+    got = launch(tmp_path, 3, 3, [1, 2], "fmnist-clapp", CLAPP, "async", 3)[0]
+    rule, _ = sequential("fmnist-clapp", CLAPP, 3)
+    assert_same_state(got["state"], rule.state_dict())
+
+
+@pytest.mark.slow
+def test_groups_times_replicas_run(tmp_path):
+    """2 stage groups × 2 replicas (4 gloo processes): both replicas' pipelines train; with
+    no gradient averaging yet (the data-parallel hook), each equals the sequential rule on
+    its own batches — here the same batches, so both equal it."""
+    got = launch(tmp_path, 4, 2, [2], "fmnist-clapp", CLAPP, "async", 2)
+    rule, _ = sequential("fmnist-clapp", CLAPP, 2)
+    for r in (0, 2):
+        assert_same_state(got[r]["state"], rule.state_dict())
+
+
+def test_part_diagnostics_cover_the_rule():
+    """The parts' diagnostics over all segments are exactly rule.diagnostics() (rf: feedback
+    norms per layer; clapp: W_retro alignment; angles)."""
+    rule, batches = build("fmnist-clapp", CLAPP + ["transport.name=rf", "transport.diagnostics_every=1"], 1)
+    rule.step(batches[0])
+    parts = {**part_diagnostics(rule, range(0, 2)), **part_diagnostics(rule, range(2, 3)),
+             **rule.transport.diagnostics()}
+    assert parts == rule.diagnostics() and any(k.startswith("fb_norm_ratio/") for k in parts)
+
+
+def test_balanced_split_by_flops():
+    assert balanced_split([1, 10, 10], 2) == [2]
+    assert balanced_split([10, 1, 1, 10], 2) == [2]
+    assert balanced_split([5, 5, 5, 5], 4) == [1, 2, 3]
+    rule, batches = build("fmnist-clapp", CLAPP, 1)
+    before = rule.state_dict()
+    costs = update_flops(rule, batches[0])
+    assert len(costs) == 3 and all(c > 0 for c in costs)
+    assert_same_state(rule.state_dict(), before)  # measuring trained nothing, drew nothing
+    with pytest.raises(ValueError, match="non-empty"):
+        group_ranges(3, [0])
+
+
+def test_refusals_name_the_fix():
+    rule, _ = build("fmnist-gll-hinge", ["encoder.channels=[4,8,8]"], 1)
+    assert "schedule.name=simultaneous" in refusal(rule, 2, 2)
+    rule, _ = build("fmnist-clapp", CLAPP, 1)
+    assert "at most 3 groups" in refusal(rule, 4, 4)
+    assert "multiple of 2" in refusal(rule, 2, 3)
+    assert refusal(rule, 2, 4) is None
+    with pytest.raises(ConfigError, match="ascending"):
+        load_config("fmnist-clapp", ["parallel.stage_groups=3", "parallel.split=[2,1]"])
