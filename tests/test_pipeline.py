@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from biossl.config import ConfigError, load_config
 from biossl.distributed.pipeline import (Layout, StagePipeline, part_diagnostics, refusal, serve,
                                          torchrun_process_group)
 from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops
+from runproc import env, needs_fmnist, run
 
 CLAPP = ["encoder.channels=[4,8,8]", "train.batch_size=6", "objective.steps=3"]
 """fmnist-clapp on saccade grids (6×6 patches), official coin and W_retro."""
@@ -133,7 +136,7 @@ def test_three_groups_async_equal_the_sequential_rule(tmp_path):
 
 
 @pytest.mark.slow
-def test_groups_times_replicas_run(tmp_path):
+def test_groups_times_replicasrun(tmp_path):
     """2 stage groups × 2 replicas (4 gloo processes): both replicas' pipelines train; with
     no gradient averaging yet (the data-parallel hook), each equals the sequential rule on
     its own batches — here the same batches, so both equal it."""
@@ -175,3 +178,47 @@ def test_refusals_name_the_fix():
     assert refusal(rule, 2, 4) is None
     with pytest.raises(ConfigError, match="ascending"):
         load_config("fmnist-clapp", ["parallel.stage_groups=3", "parallel.split=[2,1]"])
+
+
+# ----------------------------------------------------------------- biossl train under torchrun
+TINY_CLAPP = ["data.train_subset=128", "train.batch_size=16", "encoder.channels=[4,8,8]",
+              "train.threads=1", "train.log_every=2", "objective.steps=3"]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 240):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", "biossl", *args], env=env(), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_torchrun_train_resumes_in_either_mode(tmp_path):
+    """`torchrun --nproc_per_node 2 -m biossl train fmnist-clapp parallel.stage_groups=2` trains
+    epoch 1 (rank 0 alone writes the run dir); a one-process resume trains epoch 2; the result
+    equals two epochs in one process (the checkpoint is the sequential rule's)."""
+    par, seq = tmp_path / "par", tmp_path / "seq"
+    p = torchrun("train", "fmnist-clapp", *TINY_CLAPP, "parallel.stage_groups=2", "--out", str(par))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert '"stage_group": 1' in p.stdout
+    r = run("train", "--resume", str(par), "train.epochs=2", "parallel.stage_groups=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run("train", "fmnist-clapp", *TINY_CLAPP, "train.epochs=2", "--out", str(seq))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(par / "checkpoint.pt", weights_only=False)["rule"]
+    b = torch.load(seq / "checkpoint.pt", weights_only=False)["rule"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_a_non_simultaneous_schedule(tmp_path):
+    """A greedy run with stage_groups=2: rank 0 says why and what to set, rank 1 exits
+    without hanging, nothing is written."""
+    p = torchrun("train", "fmnist-gll-hinge", "parallel.stage_groups=2", "data.train_subset=64",
+                 "train.batch_size=16", "--out", str(tmp_path / "run"), timeout=120)
+    assert p.returncode != 0
+    assert "schedule.name=simultaneous" in p.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -89,7 +89,7 @@ def _cmd_train(args) -> int:
         run_dir = args.out or _default_out(cfg.name)
         summary = train(cfg, run_dir, overwrite=args.overwrite)
     print(json.dumps(summary))
-    if args.eval:
+    if args.eval and not summary.get("follower"):  # torchrun: rank 0 evaluates
         return _eval(run_dir, [])
     return 0
 

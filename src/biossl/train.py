@@ -31,6 +31,7 @@ from biossl.assemble import Assembly, assemble
 from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
+from biossl.distributed import pipeline
 from biossl.divergence import LossWatch
 from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
@@ -96,7 +97,21 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, over
     ``overrides`` may change the keys in :data:`biossl.resume.APPLIED_ON_RESUME`. ``overwrite``: delete a
     previous run in ``run_dir`` first (it says what it deletes). ``stop_after_steps``
     simulates an interruption after that many global steps (tests).
+
+    Under torchrun (layer-parallel stage groups, biossl.distributed.pipeline) rank 0 does all
+    of the above and drives stage group 0; the other ranks train their stage groups with the
+    config rank 0 resolved and never touch ``run_dir``.
     """
+    if pipeline.launched():
+        with pipeline.torchrun_process_group() as rank:
+            if rank:
+                return pipeline.follow()
+            with pipeline.leading():
+                return _train_here(cfg, run_dir, resume, overwrite, overrides, progress, stop_after_steps)
+    return _train_here(cfg, run_dir, resume, overwrite, overrides, progress, stop_after_steps)
+
+
+def _train_here(cfg, run_dir, resume, overwrite, overrides, progress, stop_after_steps) -> dict:
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the directory and --overwrite deletes it: give one")
@@ -164,6 +179,9 @@ class _Loop:
         if cfg.train.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
         self.view_gen = generator(cfg.train.seed, "views", device=device)
+        if pipeline.LAUNCH is not None:  # torchrun: this process drives stage group 0
+            sample = recipe(images[:bs], generator(cfg.train.seed, "views", device=device))
+            self.rule = rule = pipeline.LAUNCH.lead(rule, cfg, sample)
         self.watch = LossWatch(cfg.train.divergence_factor)
         total_epochs = rule.num_epochs()
         total_steps = total_epochs * steps_per_epoch

@@ -37,6 +37,7 @@ import datetime
 import io
 import math
 import os
+import signal
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -547,11 +548,15 @@ def follow() -> dict:
     and trains its stage group until rank 0 says stop (only rank 0 reads data and writes)."""
     from biossl.assemble import assemble
     from biossl.config import build_config
+    # Ctrl-C and torchrun's SIGTERM reach every rank: rank 0 then saves a checkpoint, which needs
+    # this rank's part, and tells it to stop; a rank 0 that died is noticed by TIMEOUT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     box = [None]
     dist.broadcast_object_list(box, src=0)
     rank = dist.get_rank()
     if box[0] is None:
-        return {"rank": rank, "done": False, "note": "rank 0 stopped before training (its error says why)"}
+        return {"follower": rank, "done": False, "note": "rank 0 stopped before training (its error says why)"}
     cfg_dict, split = box[0]
     cfg = build_config(cfg_dict)
     rule = assemble(cfg).rule
@@ -559,4 +564,4 @@ def follow() -> dict:
     from biossl.distributed.stage_split import group_ranges
     steps = serve(rule, layout, group_ranges(len(rule.spans), split), cfg.parallel.pipeline,
                   cfg.parallel.max_in_flight)
-    return {"rank": rank, "stage_group": layout.group, "steps": steps, "done": True}
+    return {"follower": rank, "stage_group": layout.group, "steps": steps, "done": True}
