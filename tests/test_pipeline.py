@@ -15,7 +15,8 @@ from biossl.assemble import assemble
 from biossl.config import ConfigError, load_config
 from biossl.distributed.pipeline import (Layout, StagePipeline, part_diagnostics, refusal, serve,
                                          torchrun_process_group)
-from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops
+from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops, update_seconds
+from biossl.rules.base import NonFiniteLoss
 from runproc import env, needs_fmnist, run
 
 CLAPP = ["encoder.channels=[4,8,8]", "train.batch_size=6", "objective.steps=3"]
@@ -47,7 +48,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, groups, split, config, overrides, mode, steps, out_dir):
+def _worker(rank, world, port, groups, split, config, overrides, mode, steps, out_dir, poison):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -58,20 +59,27 @@ def _worker(rank, world, port, groups, split, config, overrides, mode, steps, ou
         if layout.group:
             serve(rule, layout, ranges, mode, max_in_flight=2)
             return
+        if poison:  # a non-finite top stage: its group must report it and stop when told
+            with torch.no_grad():
+                rule.encoder.stages[2][0].weight.fill_(float("nan"))
         pipe = StagePipeline(rule, layout, ranges, mode, max_in_flight=2)
         pipe.start_epoch(0)
+        rows, error = [], None
         try:
-            rows = [pipe.step(b) for b in batches]
+            for b in batches:
+                rows.append(pipe.step(b))
             diag = pipe.diagnostics()
             state = pipe.state_dict()
+        except NonFiniteLoss as e:
+            error, diag, state = (len(rows), str(e)), None, None
         finally:
             pipe.close()
-        torch.save({"rows": rows, "diag": diag, "state": state}, f"{out_dir}/rank{rank}.pt")
+        torch.save({"rows": rows, "diag": diag, "state": state, "error": error}, f"{out_dir}/rank{rank}.pt")
 
 
-def launch(tmp_path, world, groups, split, config, overrides, mode, steps):
+def launch(tmp_path, world, groups, split, config, overrides, mode, steps, poison=False):
     mp.spawn(_worker, args=(world, _free_port(), groups, split, config, overrides, mode, steps,
-                            str(tmp_path)), nprocs=world, join=True)
+                            str(tmp_path), poison), nprocs=world, join=True)
     return {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
             for r in range(0, world, groups)}
 
@@ -146,6 +154,18 @@ def test_groups_times_replicasrun(tmp_path):
         assert_same_state(got[r]["state"], rule.state_dict())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_later_groups_nan_stops_every_rank(tmp_path, mode):
+    """A NaN loss in stage group 1 reaches group 0 as NonFiniteLoss naming the stage (sync:
+    in the same step; async: within max_in_flight steps) and every process exits."""
+    got = launch(tmp_path, 2, 2, [2], "fmnist-clapp", CLAPP, mode, 6, poison=True)[0]
+    assert got["error"] is not None, "the NaN was not reported"
+    steps_done, message = got["error"]
+    assert "loss of stage 2 is nan" in message
+    assert steps_done == 0 if mode == "sync" else steps_done <= 3
+
+
 def test_part_diagnostics_cover_the_rule():
     """The parts' diagnostics over all segments are exactly rule.diagnostics() (rf: feedback
     norms per layer; clapp: W_retro alignment; angles)."""
@@ -156,15 +176,17 @@ def test_part_diagnostics_cover_the_rule():
     assert parts == rule.diagnostics() and any(k.startswith("fb_norm_ratio/") for k in parts)
 
 
-def test_balanced_split_by_flops():
+def test_balanced_split_and_stage_costs():
     assert balanced_split([1, 10, 10], 2) == [2]
     assert balanced_split([10, 1, 1, 10], 2) == [2]
     assert balanced_split([5, 5, 5, 5], 4) == [1, 2, 3]
     rule, batches = build("fmnist-clapp", CLAPP, 1)
     before = rule.state_dict()
-    costs = update_flops(rule, batches[0])
-    assert len(costs) == 3 and all(c > 0 for c in costs)
-    assert_same_state(rule.state_dict(), before)  # measuring trained nothing, drew nothing
+    for measure in (update_flops, update_seconds):
+        costs = measure(rule, batches[0])
+        assert len(costs) == 3 and all(c > 0 for c in costs)
+        assert_same_state(rule.state_dict(), before)  # measuring trained nothing, drew nothing
+        assert all(p.grad is None for p in rule.parameters())
     with pytest.raises(ValueError, match="non-empty"):
         group_ranges(3, [0])
 

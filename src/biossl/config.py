@@ -145,7 +145,7 @@ class ParallelConfig:
     split: list[PositiveInt] | None = None
     """Layer-parallel: where the stage groups start, as the first stage of every group but the
     first, ascending (``[2]`` on a 3-stage encoder: stages 0–1 | 2); None: the split that
-    balances the groups' FLOPs per training step (measured once at start-up)."""
+    balances the groups' measured time per training step (measured once at start-up)."""
     pipeline: Literal["async", "sync"] = "async"
     """Layer-parallel: 'async' — the first group runs up to ``max_in_flight`` batches ahead of
     the last one (the throughput mode); 'sync' — every step finishes in every group before the

@@ -310,6 +310,10 @@ class StagePipeline:
         out["loss"] = sum(self.latest.values()) / len(self.latest)
         return out
 
+    def wait(self) -> None:
+        """Block until every group has finished every step handed on (timing)."""
+        self._collect(self.sent)
+
     def diagnostics(self) -> dict[str, float]:
         self._collect(self.sent)
         self._forward(_header(self.device, DIAG))
@@ -455,12 +459,12 @@ def serve(rule, layout: Layout, ranges: Sequence[range], mode: str = "async",
 
 
 def build_pipeline(rule, cfg_parallel, layout: Layout, sample: ViewBatch | None):
-    """Group ``layout.group``'s side of the pipeline: the split (``parallel.split``, or the
-    FLOP-balanced one computed on ``sample``, group 0 only) and the ranges of every group."""
-    from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops
+    """The stage ranges of every group: ``parallel.split``, or the split that balances the
+    stages' update times measured on ``sample`` (by the one rank that decides)."""
+    from biossl.distributed.stage_split import balanced_split, group_ranges, update_seconds
     split = cfg_parallel.split
     if split is None:
-        split = balanced_split(update_flops(rule, sample), layout.groups)
+        split = balanced_split(update_seconds(rule, sample), layout.groups)
     return group_ranges(len(rule.spans), split)
 
 
