@@ -23,7 +23,7 @@ from biossl.views.batch import ViewBatch
 
 def balanced_split(costs: Sequence[float], groups: int) -> list[int]:
     """The first stage of every group but the first (ascending) that minimises the largest
-    group's summed cost; ties go to the split that puts more stages early."""
+    group's summed cost (ties: the earliest cuts)."""
     n = len(costs)
     if not 1 <= groups <= n:
         raise ValueError(f"cannot split {n} stages into {groups} groups")
@@ -70,13 +70,17 @@ def update_seconds(rule, batch: ViewBatch, repeats: int = 3) -> list[float]:
     warm-up; nothing of the rule changes (as :func:`update_flops`). The optimizer step, a
     small share, is left out."""
     times: list[list[float]] = [[] for _ in rule.spans]
+    device = batch.x.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     for r in range(repeats + 1):
         x = batch.x
         for k in range(len(rule.spans)):
             obj = rule.objectives[k]
             draws = obj.draw_state()
+            sync(device)
             t0 = time.perf_counter()
             u = rule.transport.gradients(rule, k, x.detach(), batch, learn_extra=False)
+            sync(device)
             if r:
                 times[k].append(time.perf_counter() - t0)
             obj.set_draw_state(draws)
