@@ -37,7 +37,9 @@ import datetime
 import io
 import math
 import os
+import queue
 import signal
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -393,6 +395,49 @@ class StagePipeline:
 
 
 # --------------------------------------------------------------------------- groups 1…
+class _Inbox:
+    """The forward stream from ``src`` in order: (header, activations or None). On the CPU a
+    thread receives up to ``depth`` messages ahead, so the next batch's activations arrive
+    while this group computes (gloo starts a transfer only once the receive is posted; the
+    thread waits in gloo without the GIL). CUDA receives are enqueued on NCCL's stream anyway:
+    there they are received in line."""
+
+    def __init__(self, src: int, device: torch.device, depth: int):
+        self.src, self.device = src, device
+        self.thread = None
+        if device.type == "cpu":
+            self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+            self.thread = threading.Thread(target=self._run, name="pipeline-inbox", daemon=True)
+            self.thread.start()
+
+    def get(self) -> tuple[Tensor, Tensor | None]:
+        if self.thread is None:
+            return self._receive()
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _receive(self) -> tuple[Tensor, Tensor | None]:
+        h = torch.empty(HEADER, dtype=torch.int64, device=self.device)
+        dist.recv(h, self.src, tag=FORWARD)
+        x = None
+        if int(h[0]) == STEP:
+            x = _payload(h, self.device)
+            dist.recv(x, self.src, tag=FORWARD)
+        return h, x
+
+    def _run(self) -> None:
+        try:
+            while True:
+                h, x = self._receive()
+                self.queue.put((h, x))
+                if int(h[0]) == STOP:
+                    return
+        except BaseException as e:  # handed to the main thread, which raises it
+            self.queue.put(e)
+
+
 def serve(rule, layout: Layout, ranges: Sequence[range], mode: str = "async",
           max_in_flight: int = 2) -> int:
     """Train stage group ``layout.group`` from what the previous group hands on, until group 0
@@ -403,19 +448,15 @@ def serve(rule, layout: Layout, ranges: Sequence[range], mode: str = "async",
     device = next(rule.parameters()).device
     sends = _Sends(0 if mode == "sync" else max_in_flight)
     reports = _Sends(max_in_flight + 1)
+    inbox = _Inbox(layout.prev, device, max_in_flight)
     steps, failed, last_log = 0, False, {}
     while True:
-        h = torch.empty(HEADER, dtype=torch.int64, device=device)
-        dist.recv(h, layout.prev, tag=FORWARD)
+        h, x = inbox.get()
         op = int(h[0])
         if op in (STEP, SKIP):
             steps += 1
             status = torch.full((2 + len(segments),), math.nan, dtype=torch.float64)
             status[0], status[1] = steps, -1.0
-            x = None
-            if op == STEP:
-                x = _payload(h, device)
-                dist.recv(x, layout.prev, tag=FORWARD)
             if x is not None and not failed:
                 batch = _batch_of(h, x)
                 x, losses = batch.x, []
