@@ -26,9 +26,12 @@ state, so a checkpoint resumes in either mode.
 
 Data parallel on top: the replicas of stage group g are ``Layout.replica_ranks(g)``;
 :func:`replica_groups` makes one process group per stage group for the replicas' gradient
-averaging. TODO(data-parallel helper): average each segment's gradients over
-``replica_groups()[layout.group]`` between ``Transport.gradients`` and the optimizer step
-(the hook of biossl.distributed's data-parallel rule); until then replicas train independently.
+averaging. TODO(merge with the data-parallel branch 'dp'): on every rank, before training,
+``rule.distribute(ProcessReplicas(replica_groups(layout)[layout.group]))`` (its
+``Rule.distribute`` averages each segment update's gradients over that group and lets the
+objectives gather negatives over it; its ``World.replicas`` refuses stage_groups > 1 today),
+and each replica's group 0 reads its shard (batch_size / replicas rows). Until then replicas
+train independently (``test_groups_times_replicas_run``).
 """
 from __future__ import annotations
 
