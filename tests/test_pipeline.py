@@ -48,40 +48,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, groups, split, config, overrides, mode, steps, out_dir, poison):
+def _worker(rank, world, port, groups, split, config, overrides, modes, steps, out_dir, poison):
+    """One rank; for each mode in turn a fresh rule and pipeline (one launch, several runs)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     with torchrun_process_group():
-        rule, batches = build(config, overrides, steps)
-        layout = Layout(rank, world, groups)
-        ranges = group_ranges(len(rule.spans), split)
-        if layout.group:
-            serve(rule, layout, ranges, mode, max_in_flight=2)
-            return
-        if poison:  # a non-finite top stage: its group must report it and stop when told
-            with torch.no_grad():
-                rule.encoder.stages[2][0].weight.fill_(float("nan"))
-        pipe = StagePipeline(rule, layout, ranges, mode, max_in_flight=2)
-        pipe.start_epoch(0)
-        rows, error = [], None
-        try:
-            for b in batches:
-                rows.append(pipe.step(b))
-            diag = pipe.diagnostics()
-            state = pipe.state_dict()
-        except NonFiniteLoss as e:
-            error, diag, state = (len(rows), str(e)), None, None
-        finally:
-            pipe.close()
-        torch.save({"rows": rows, "diag": diag, "state": state, "error": error}, f"{out_dir}/rank{rank}.pt")
+        for mode in modes:
+            rule, batches = build(config, overrides, steps)
+            layout = Layout(rank, world, groups)
+            ranges = group_ranges(len(rule.spans), split)
+            if layout.group:
+                serve(rule, layout, ranges, mode, max_in_flight=2)
+                continue
+            if poison:  # a non-finite top stage: its group must report it and stop when told
+                with torch.no_grad():
+                    rule.encoder.stages[2][0].weight.fill_(float("nan"))
+            pipe = StagePipeline(rule, layout, ranges, mode, max_in_flight=2)
+            pipe.start_epoch(0)
+            rows, error, diag, state = [], None, None, None
+            try:
+                for b in batches:
+                    rows.append(pipe.step(b))
+                diag = pipe.diagnostics()
+                state = pipe.state_dict()
+            except NonFiniteLoss as e:
+                error = (len(rows), str(e))
+            finally:
+                pipe.close()
+            torch.save({"rows": rows, "diag": diag, "state": state, "error": error},
+                       f"{out_dir}/rank{rank}-{mode}.pt")
 
 
-def launch(tmp_path, world, groups, split, config, overrides, mode, steps, poison=False):
-    mp.spawn(_worker, args=(world, _free_port(), groups, split, config, overrides, mode, steps,
+def launch(tmp_path, world, groups, split, config, overrides, modes, steps, poison=False):
+    """{mode: {rank of a group 0: what it saved}}."""
+    mp.spawn(_worker, args=(world, _free_port(), groups, split, config, overrides, modes, steps,
                             str(tmp_path), poison), nprocs=world, join=True)
-    return {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
-            for r in range(0, world, groups)}
+    return {m: {r: torch.load(tmp_path / f"rank{r}-{m}.pt", weights_only=False)
+                for r in range(0, world, groups)} for m in modes}
 
 
 def sequential(config, overrides, steps):
@@ -110,35 +114,36 @@ def assert_same_state(a: dict, b: dict, path: str = "", rtol: float = 1e-12, ato
         assert a == b, path
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("config,overrides", [("fmnist-clapp", CLAPP), ("fmnist-gll-hinge", HINGE)],
                          ids=["clapp-grid", "hinge-pairs"])
-def test_two_stage_groups_equal_the_sequential_rule(tmp_path, mode, config, overrides):
-    """2 gloo processes (stages 0–1 | 2) for 4 steps: every parameter, optimizer moment,
-    objective generator and probe equals the sequential simultaneous rule's, and the last
-    step's per-stage losses too; the weights did move."""
+def test_two_stage_groups_equal_the_sequential_rule(tmp_path, config, overrides):
+    """2 gloo processes (stages 0–1 | 2) for 4 steps, sync then async: every parameter, optimizer
+    moment, objective generator and probe equals the sequential simultaneous rule's, and the
+    last step's per-stage losses too; the weights did move."""
     steps = 4
-    got = launch(tmp_path, 2, 2, [2], config, overrides, mode, steps)[0]
+    got = launch(tmp_path, 2, 2, [2], config, overrides, ["sync", "async"], steps)
     rule, rows = sequential(config, overrides, steps)
-    assert_same_state(got["state"], rule.state_dict())
     start, _ = build(config, overrides, 1)
     assert not torch.equal(start.encoder.stages[2][0].weight, rule.encoder.stages[2][0].weight)
-    for k in ("loss/stage0", "loss/stage1", "loss/stage2", "loss"):
-        assert got["diag"][k] == pytest.approx(rows[-1][k], rel=1e-12), k
-    if mode == "sync":  # every row exact, not only at log steps
-        for got_row, row in zip(got["rows"], rows):
-            for k in row:
-                assert got_row[k] == pytest.approx(row[k], rel=1e-12), k
-    else:  # group 0's own stages are exact in every row; later ones are the newest reported
-        for got_row, row in zip(got["rows"], rows):
-            assert got_row["loss/stage0"] == pytest.approx(row["loss/stage0"], rel=1e-12)
+    for mode, by_rank in got.items():
+        run = by_rank[0]
+        assert_same_state(run["state"], rule.state_dict())
+        for k in ("loss/stage0", "loss/stage1", "loss/stage2", "loss"):
+            assert run["diag"][k] == pytest.approx(rows[-1][k], rel=1e-12), (mode, k)
+        if mode == "sync":  # every row exact, not only at log steps
+            for got_row, row in zip(run["rows"], rows):
+                for k in row:
+                    assert got_row[k] == pytest.approx(row[k], rel=1e-12), k
+        else:  # group 0's own stages are exact in every row; later ones are the newest reported
+            for got_row, row in zip(run["rows"], rows):
+                assert got_row["loss/stage0"] == pytest.approx(row["loss/stage0"], rel=1e-12)
 
 
 @pytest.mark.slow
 def test_three_groups_async_equal_the_sequential_rule(tmp_path):
     """One stage per process (3 gloo processes), async: the state after 3 steps is the
     sequential one (the middle group both receives and hands on)."""
-    got = launch(tmp_path, 3, 3, [1, 2], "fmnist-clapp", CLAPP, "async", 3)[0]
+    got = launch(tmp_path, 3, 3, [1, 2], "fmnist-clapp", CLAPP, ["async"], 3)["async"][0]
     rule, _ = sequential("fmnist-clapp", CLAPP, 3)
     assert_same_state(got["state"], rule.state_dict())
 
@@ -148,22 +153,22 @@ def test_groups_times_replicasrun(tmp_path):
     """2 stage groups × 2 replicas (4 gloo processes): both replicas' pipelines train; with
     no gradient averaging yet (the data-parallel hook), each equals the sequential rule on
     its own batches — here the same batches, so both equal it."""
-    got = launch(tmp_path, 4, 2, [2], "fmnist-clapp", CLAPP, "async", 2)
+    got = launch(tmp_path, 4, 2, [2], "fmnist-clapp", CLAPP, ["async"], 2)["async"]
     rule, _ = sequential("fmnist-clapp", CLAPP, 2)
     for r in (0, 2):
         assert_same_state(got[r]["state"], rule.state_dict())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_later_groups_nan_stops_every_rank(tmp_path, mode):
+def test_a_later_groups_nan_stops_every_rank(tmp_path):
     """A NaN loss in stage group 1 reaches group 0 as NonFiniteLoss naming the stage (sync:
     in the same step; async: within max_in_flight steps) and every process exits."""
-    got = launch(tmp_path, 2, 2, [2], "fmnist-clapp", CLAPP, mode, 6, poison=True)[0]
-    assert got["error"] is not None, "the NaN was not reported"
-    steps_done, message = got["error"]
-    assert "loss of stage 2 is nan" in message
-    assert steps_done == 0 if mode == "sync" else steps_done <= 3
+    got = launch(tmp_path, 2, 2, [2], "fmnist-clapp", CLAPP, ["sync", "async"], 6, poison=True)
+    for mode, by_rank in got.items():
+        assert by_rank[0]["error"] is not None, f"{mode}: the NaN was not reported"
+        steps_done, message = by_rank[0]["error"]
+        assert "loss of stage 2 is nan" in message
+        assert steps_done == 0 if mode == "sync" else steps_done <= 3
 
 
 def test_part_diagnostics_cover_the_rule():

@@ -267,7 +267,6 @@ class StagePipeline:
         self.sent = 0  # steps handed to group 1
         self.done = {g: 0 for g in range(1, layout.groups)}  # steps each later group reported
         self.latest: dict[int, float] = {}  # newest loss per segment
-        self.later_log: dict[str, float] = {}
         self._sends = _Sends(0 if self.sync else max_in_flight)
         self._status = {g: self._post_status(g) for g in self.done}
         self._parts_stale = True  # the other groups get group 0's copy of their part first
