@@ -298,3 +298,32 @@ def test_torchrun_refuses_a_non_simultaneous_schedule(tmp_path):
     assert p.returncode != 0
     assert "schedule.name=simultaneous" in p.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_nproc_stage_groups_times_replicas_equal_data_parallel(tmp_path):
+    """`biossl train --nproc 4 … parallel.stage_groups=2` (2 groups × 2 replicas) learns exactly
+    what `biossl train --nproc 2 …` (data parallel, 2 replicas) learns: the same shards of every
+    global batch, the same per-replica view streams, the same gradient averages (bit for bit on
+    gloo). Its checkpoint then resumes in one process (parallel.stage_groups=1)."""
+    args = ["fmnist-clapp", *TINY_CLAPP, "train.device=cpu"]
+    lp, dp = tmp_path / "lp", tmp_path / "dp"
+    p = run("train", "--nproc", "4", *args, "parallel.stage_groups=2", "--out", str(lp), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(summary) == 1 and summary[0]["steps"] == 8
+    p = run("train", "--nproc", "2", *args, "--out", str(dp), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = torch.load(lp / "checkpoint.pt", weights_only=False)
+    b = torch.load(dp / "checkpoint.pt", weights_only=False)
+    assert len(a["view_generators"]) == 2  # one view stream per replica (group 0 makes the views)
+    assert_same_state(a["rule"], b["rule"], rtol=0, atol=0)
+    assert_same_state(a["view_generators"], b["view_generators"])
+    rows = [json.loads(ln) for ln in (lp / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(ln) for ln in (dp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in want], rel=1e-12)
+    r = run("train", "--resume", str(lp), "train.epochs=2", "parallel.stage_groups=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "saved by 2 process(es) with 1" in r.stderr
+    assert torch.load(lp / "checkpoint.pt", weights_only=False)["global_step"] == 16
