@@ -257,6 +257,25 @@ def test_refusals_name_the_fix():
         load_config("fmnist-clapp", ["parallel.stage_groups=3", "parallel.split=[2,1]"])
 
 
+def test_stage_groups_times_replicas_placement():
+    """rank = replica · G + group; the global batch splits over the replicas (not the ranks);
+    each replica has its own view stream (none with one replica: a one-process run's); a
+    number of processes the groups do not divide is refused with the fix."""
+    from biossl.distributed.launch import LaunchError
+    w = World(rank=3, size=6, local_rank=3, local_size=6, stage_groups=2)  # 2 groups × 3 replicas
+    assert (w.layout.group, w.layout.replica, w.layout.replicas, w.reads_data) == (1, 1, 3, False)
+    assert w.layout.replica_ranks(0) == [0, 2, 4] and w.layout.lead == 2
+    assert w.shard(48) == 16 and w.view_stream() == (1,)
+    with pytest.raises(LaunchError, match=r"3 replicas of this launch \(6 processes.*batch_size=51.*launch 4 processes"):
+        w.shard(50)
+    one = World(rank=1, size=2, local_rank=1, local_size=2, stage_groups=2)  # 2 groups × 1 replica
+    assert one.shard(16) == 16 and one.view_stream() == () and one.replicas().size == 1
+    with pytest.raises(LaunchError, match="multiple of 2.*--nproc 2"):
+        World().arranged(2)
+    with pytest.raises(LaunchError, match="a multiple of 2"):
+        World(rank=0, size=3, local_rank=0, local_size=3).arranged(2)
+
+
 # ----------------------------------------------------------------- biossl train under torchrun
 TINY_CLAPP = ["data.train_subset=128", "train.batch_size=16", "encoder.channels=[4,8,8]",
               "train.threads=1", "train.log_every=2", "objective.steps=3"]
