@@ -134,7 +134,7 @@ class EvalConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the processes of a torchrun launch share the work (one process: ignored).
+    """How the processes of a torchrun launch share the work (one process: stage_groups 1).
 
     The launch's world size W is split as ``stage_groups`` × replicas: each replica trains on
     its shard of every global batch (data parallel), and within a replica each stage group
