@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from biossl.distributed.pipeline import StagePipeline, part_diagnostics, refusal
 from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops, update_seconds
 from biossl.rules.base import NonFiniteLoss
 from biossl.views.batch import ViewBatch
-from runproc import env, needs_fmnist, run
+from runproc import env, needs_fmnist, run, wait_until
 
 CLAPP = ["encoder.channels=[4,8,8]", "train.batch_size=6", "objective.steps=3"]
 """fmnist-clapp on saccade grids (6×6 patches), official coin and W_retro."""
@@ -325,15 +326,28 @@ def test_nproc_stage_groups_times_replicas_equal_data_parallel(tmp_path):
     """`biossl train --nproc 4 … parallel.stage_groups=2` (2 groups × 2 replicas) learns exactly
     what `biossl train --nproc 2 …` (data parallel, 2 replicas) learns: the same shards of every
     global batch, the same per-replica view streams, the same gradient averages (bit for bit on
-    gloo). Its checkpoint then resumes in one process (parallel.stage_groups=1)."""
-    args = ["fmnist-clapp", *TINY_CLAPP, "train.device=cpu"]
+    gloo) — also when SIGTERM stops it mid-run (every rank stops after the same step, rank 0
+    saves, says it once, exit status 143) and it resumes with the same command. The checkpoint
+    then resumes in one process (parallel.stage_groups=1)."""
+    args = ["fmnist-clapp", *TINY_CLAPP, "data.train_subset=1024", "train.device=cpu",
+            "train.checkpoint_every=1000"]  # 64 steps
     lp, dp = tmp_path / "lp", tmp_path / "dp"
-    p = run("train", "--nproc", "4", *args, "parallel.stage_groups=2", "--out", str(lp), timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    summary = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
-    assert len(summary) == 1 and summary[0]["steps"] == 8
     p = run("train", "--nproc", "2", *args, "--out", str(dp), timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "biossl", "train", "--nproc", "4", *args,
+                             "parallel.stage_groups=2", "--out", str(lp)], env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: (lp / "checkpoint.pt").is_file(), proc, timeout=180, what="the first checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert err.count("SIGTERM: stopped at") == 1 and "biossl train --nproc 4 --resume" in err, err[-3000:]
+    cut = torch.load(lp / "checkpoint.pt", weights_only=False)["global_step"]
+    assert 0 < cut < 64, f"SIGTERM came too late to interrupt the run (step {cut})"
+    p = run("train", "--nproc", "4", "--resume", str(lp), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(summary) == 1 and summary[0]["steps"] == 64  # one summary per launch (rank 0's)
     a = torch.load(lp / "checkpoint.pt", weights_only=False)
     b = torch.load(dp / "checkpoint.pt", weights_only=False)
     assert len(a["view_generators"]) == 2  # one view stream per replica (group 0 makes the views)
@@ -341,8 +355,9 @@ def test_nproc_stage_groups_times_replicas_equal_data_parallel(tmp_path):
     assert_same_state(a["view_generators"], b["view_generators"])
     rows = [json.loads(ln) for ln in (lp / "metrics.jsonl").read_text().splitlines()]
     want = [json.loads(ln) for ln in (dp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in want]  # rank 0 alone logs, redone steps trimmed
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in want], rel=1e-12)
     r = run("train", "--resume", str(lp), "train.epochs=2", "parallel.stage_groups=1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "saved by 2 process(es) with 1" in r.stderr
-    assert torch.load(lp / "checkpoint.pt", weights_only=False)["global_step"] == 16
+    assert torch.load(lp / "checkpoint.pt", weights_only=False)["global_step"] == 128
