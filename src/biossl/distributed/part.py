@@ -77,7 +77,11 @@ def _split(cfg: RunConfig, asm: Assembly, world: World, shard: int) -> list[int]
         images = torch.randint(0, 256, (shard, *asm.spec.image_shape), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0)).to(asm.device)
         sample = asm.recipe(images, generator(cfg.train.seed, "views", device=asm.device))
-    return [r.start for r in build_pipeline(asm.rule, cfg.parallel, world.layout, sample)[1:]]
+    try:
+        ranges = build_pipeline(asm.rule, cfg.parallel, world.layout, sample)
+    except ValueError as e:  # a parallel.split that does not fit this encoder
+        raise ConfigError(str(e)) from None
+    return [r.start for r in ranges[1:]]
 
 
 def _follow(rule, layout, ranges, par) -> dict:
