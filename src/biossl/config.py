@@ -134,7 +134,7 @@ class EvalConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the processes of a torchrun launch share the work (one process: ignored).
+    """How the processes of a torchrun launch share the work (one process: stage_groups 1).
 
     The launch's world size W is split as ``stage_groups`` × replicas: each replica trains on
     its shard of every global batch (data parallel), and within a replica each stage group
@@ -142,6 +142,25 @@ class ParallelConfig:
     stage_groups: PositiveInt = 1
     """Layer-parallel: consecutive groups of encoder stages, each trained by its own process
     (1: every process holds the whole encoder, plain data parallel)."""
+    split: list[PositiveInt] | None = None
+    """Layer-parallel: where the stage groups start, as the first stage of every group but the
+    first, ascending (``[2]`` on a 3-stage encoder: stages 0–1 | 2); None: the split that
+    balances the groups' measured time per training step (measured once at start-up)."""
+    pipeline: Literal["async", "sync"] = "async"
+    """Layer-parallel: 'async' — the first group runs up to ``max_in_flight`` batches ahead of
+    the last one (the throughput mode); 'sync' — every step finishes in every group before the
+    next starts. Both compute exactly the sequential simultaneous rule (docs/layer_parallel.md)."""
+    max_in_flight: PositiveInt = 2
+    """Layer-parallel 'async': batches the first stage group may have handed on that the last
+    one has not finished (bounds the memory of queued activations)."""
+
+    def validate(self) -> None:
+        if self.split is not None:
+            if len(self.split) != self.stage_groups - 1:
+                raise ValueError(f"parallel.split lists where groups 2…{self.stage_groups} start: it "
+                                 f"needs {self.stage_groups - 1} stage index(es), got {self.split}")
+            if any(b <= a for a, b in zip(self.split, self.split[1:])):
+                raise ValueError(f"parallel.split must be ascending, got {self.split}")
 
 
 @dataclass

@@ -11,8 +11,11 @@ Run directory layout::
     RUN_DIR/diverged.json    where and why the run diverged (until it is resumed with a change)
     RUN_DIR/.lock            flock'ed while a process trains the run (see biossl.rundir)
 
-Under a torchrun launch every process runs :func:`train` on its shard of each global batch
-(biossl.distributed.launch: rank 0 alone touches the run directory; docs/distributed.md).
+Under a torchrun launch every process runs :func:`train`: on its shard of each global batch
+(data parallel), or as one stage group of a replica (layer-parallel, parallel.stage_groups > 1:
+group 0 runs this loop, the later groups follow it). biossl.distributed.launch: rank 0 alone
+touches the run directory; biossl.distributed.part: what each process trains;
+docs/distributed.md, docs/layer_parallel.md.
 A run directory is trained by one process at a time (biossl.rundir); a directory holding
 anything of a run is only continued or, when asked, deleted first, and a resume may change
 some keys of the config (biossl.resume). Signals: biossl.stopping. Blow-ups: biossl.divergence.
@@ -29,11 +32,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from biossl.assemble import Assembly, assemble
+from biossl.assemble import Assembly
 from biossl.checkpoint import is_disk_full, save_atomic, write_text_atomic
 from biossl.config import ConfigError, RunConfig, TrainConfig
 from biossl.data import load_dataset
 from biossl.distributed.launch import World, batchnorm_note
+from biossl.distributed.part import Part, take_part
 from biossl.divergence import LossWatch
 from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
@@ -128,8 +132,12 @@ def _train_as(world: World, cfg, run_dir, resume, overwrite, overrides, progress
         loop = None
         try:
             res = world.from_main(set_up)
-            loop = _Loop(res, run_dir, stop, progress, stop_after_steps, world)
-            return loop.run()
+            world = world.arranged(res.cfg.parallel.stage_groups)
+            with take_part(world, res.cfg) as part:
+                if part.serve is not None:  # a later layer-parallel stage group: no data, no run dir
+                    return part.serve()
+                loop = _Loop(res, run_dir, stop, progress, stop_after_steps, world, part)
+                return loop.run()
         except StopNow as e:  # a second signal before the loop's own handling
             if loop is not None:
                 raise loop.stopped(e.signum, saved_now=False, second=True) from None
@@ -151,8 +159,9 @@ class _Loop:
     """One training process on a locked run directory."""
 
     def __init__(self, res: StartPoint, run_dir: Path, stop: StopFlag, progress, stop_after_steps,
-                 world: World = World()):
+                 world: World, part: Part):
         self.res, self.cfg, self.run_dir, self.stop, self.world = res, res.cfg, run_dir, stop, world
+        self.part = part
         self.metrics_file = None  # rank 0's
         self.ckpt_path = run_dir / CHECKPOINT
         self.progress, self.stop_after_steps = progress, stop_after_steps
@@ -164,10 +173,9 @@ class _Loop:
     def run(self) -> dict:
         cfg, run_dir, res, world = self.cfg, self.run_dir, self.res, self.world
         shard = world.shard(cfg.train.batch_size)  # this process's rows of every global batch
-        asm: Assembly = assemble(cfg, world.device(cfg.train.device))
-        self.rule, recipe, device = asm.rule, asm.recipe, asm.device
+        asm: Assembly = self.part.asm
+        self.rule, recipe, device = self.part.rule, asm.recipe, asm.device  # rule or stage pipeline
         rule = self.rule
-        rule.distribute(world.replicas(cfg.parallel.stage_groups))
         if world.is_main and (bn := batchnorm_note(rule.encoder, world)):
             note(bn)
         with world.main_first():  # rank 0 fills the dataset caches, then the others read them
@@ -271,13 +279,14 @@ class _Loop:
         per process, so no saved one is this process's (all else resumes exactly)."""
         world = self.world
         saved = state.get("view_generators") or [state["view_generator"]]
-        if len(saved) == world.size:
-            self.view_gen.set_state(saved[world.rank])
+        replica, replicas = world.layout.replica, world.layout.replicas  # the processes reading data
+        if len(saved) == replicas:
+            self.view_gen.set_state(saved[replica])
             return
-        self.view_gen = generator(self.cfg.train.seed, "views", world.rank, state["global_step"],
+        self.view_gen = generator(self.cfg.train.seed, "views", replica, state["global_step"],
                                   device=self.view_gen.device)
         if world.is_main:
-            note(f"resuming a run saved by {len(saved)} process(es) with {world.size}: the views "
+            note(f"resuming a run saved by {len(saved)} process(es) with {replicas}: the views "
                  f"(crops, flips, saccades) continue from fresh per-process streams; data order, "
                  f"weights, optimizers and the objectives' draws continue exactly")
 
@@ -300,10 +309,12 @@ class _Loop:
 
     def _checkpoint(self, done: bool = False) -> None:
         views = self.world.gather_objects(self.view_gen.get_state())  # every process's stream
+        with self._finite():
+            rule_state = self.rule.state_dict()  # layer-parallel: each replica's groups' parts
         if not self.world.is_main:
             self.saved_step, self.loss_on_saved = self.global_step, None
             return
-        state = {"rule": self.rule.state_dict(), "view_generator": views[0],
+        state = {"rule": rule_state, "view_generator": views[0],
                  "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "global_step": self.global_step, "elapsed": self.elapsed, "done": done,
                  "config": self.cfg.to_dict(), "loss_watch": self.watch.state_dict()}
@@ -324,6 +335,15 @@ class _Loop:
         self.last_save = time.monotonic()
         if self.stop.count >= 2:  # the second signal came while this checkpoint was written
             raise self.stopped(self.stop.signal, saved_now=True, second=True)
+
+    @contextlib.contextmanager
+    def _finite(self):
+        """A later stage group's non-finite loss (layer-parallel) may surface when the pipeline
+        settles at a log step or checkpoint: the run diverged, as at a step."""
+        try:
+            yield
+        except NonFiniteLoss as e:
+            raise self._diverged(str(e)) from None
 
     def stopped(self, signum: int | None, saved_now: bool, second: bool = False) -> TrainingInterrupted:
         name = signal.Signals(signum).name if signum else "stop"
@@ -371,7 +391,7 @@ class _Loop:
     def _train(self, images, recipe, device, bs, shard, n, steps_per_epoch, total_epochs, bar, writer,
                show) -> dict:
         cfg, rule, stop, world = self.cfg, self.rule, self.stop, self.world
-        mine = slice(world.rank * shard, (world.rank + 1) * shard)  # my rows of each global batch
+        mine = slice(world.layout.replica * shard, (world.layout.replica + 1) * shard)  # my rows
         every_s = cfg.train.checkpoint_minutes * 60
         self.last_save = time.monotonic()
         steps_here = 0
@@ -414,7 +434,8 @@ class _Loop:
                 if self.global_step % cfg.train.log_every == 0:
                     row = {"step": self.global_step, "epoch": self.epoch, **out,
                            "images_per_s": bs / dt, "time": round(self.elapsed, 3)}
-                    row.update(rule.diagnostics())
+                    with self._finite():
+                        row.update(rule.diagnostics())
                     self._log(row)
                     if writer is not None:
                         for k, v in row.items():

@@ -11,6 +11,13 @@ Rank 0 alone touches the run directory (lock, config, metrics, TensorBoard, chec
 :meth:`World.from_main` runs a set-up step there and hands every rank its result (or its
 error, so that all of them stop with the same message). Without a launch (no WORLD_SIZE, or
 1) the world is one process and every method is trivial.
+
+Once the resolved config is known, :meth:`World.arranged` places the ranks: as data-parallel
+replicas (``parallel.stage_groups`` 1), or as ``stage_groups`` × replicas (layer-parallel,
+biossl.distributed.pipeline; :class:`Layout`). Either way the *replicas* of a stage group share
+every global batch and average its gradients, and the ranks of stage group 0 — every rank in
+data parallel — read the data and run the training loop: the data-side methods (shard, view
+stream, agree, gather_objects, main_first) are over them. docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, TypeVar
 
 import torch
@@ -46,6 +53,53 @@ class PeerFailed(RuntimeError):
         self.exit_code = exit_code
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a rank sits in a launch of ``world`` = ``groups`` (stage groups) × replicas ranks:
+    rank = replica · groups + group, so a replica's pipeline is ``groups`` consecutive ranks and
+    global rank 0 holds group 0 of replica 0 (``groups`` 1: every rank is a replica)."""
+    rank: int
+    world: int
+    groups: int
+
+    @property
+    def replicas(self) -> int:
+        return self.world // self.groups
+
+    @property
+    def group(self) -> int:
+        return self.rank % self.groups
+
+    @property
+    def replica(self) -> int:
+        return self.rank // self.groups
+
+    @property
+    def lead(self) -> int:
+        """The rank holding group 0 of this rank's replica (the one that reads data)."""
+        return self.replica * self.groups
+
+    @property
+    def prev(self) -> int:
+        return self.rank - 1
+
+    @property
+    def next(self) -> int | None:
+        return self.rank + 1 if self.group < self.groups - 1 else None
+
+    def replica_ranks(self, group: int) -> list[int]:
+        """The ranks training stage group ``group``, one per replica."""
+        return [group + self.groups * j for j in range(self.replicas)]
+
+
+def replica_groups(layout: Layout) -> list:
+    """One process group per stage group over its replicas (gradient averaging, gathers; group
+    0's is also the training loops' own); every rank must call this, in the same order
+    (torch.distributed.new_group is collective)."""
+    import torch.distributed as dist
+    return [dist.new_group(layout.replica_ranks(g)) for g in range(layout.groups)]
+
+
 def _int(env: Mapping[str, str], key: str) -> int:
     try:
         return int(env[key])
@@ -59,6 +113,10 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    stage_groups: int = 1
+    """Layer-parallel stage groups per replica (set by :meth:`arranged`; 1: data parallel)."""
+    _groups: list = field(default_factory=list, repr=False, compare=False)
+    """One process group per stage group over its replicas (layer-parallel with replicas)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "World":
@@ -95,30 +153,64 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def replicas(self, stage_groups: int = 1) -> Replicas:
-        """The data-parallel replicas the rule averages over (one process: the identity)."""
-        if not self.distributed:
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.rank, self.size, self.stage_groups)
+
+    @property
+    def reads_data(self) -> bool:
+        """Whether this rank runs the training loop: reads its shard of every global batch,
+        makes the views and (stage_groups > 1) drives its replica's later stage groups."""
+        return self.layout.group == 0
+
+    def arranged(self, stage_groups: int) -> "World":
+        """This world placed as ``stage_groups`` × replicas (every rank calls it, after the
+        config is shared: it forms the replicas' process groups). Refuses a world the stage
+        groups do not divide, with the fix."""
+        if self.size % stage_groups:
+            how = (f"a launch of a multiple of {stage_groups} processes (biossl train --nproc "
+                   f"{stage_groups} …), or parallel.stage_groups=1"
+                   if not self.distributed else
+                   f"--nproc_per_node / --nproc a multiple of {stage_groups} (stage_groups × "
+                   f"replicas), or parallel.stage_groups dividing {self.size}")
+            raise LaunchError(f"parallel.stage_groups={stage_groups} puts each stage group in its own "
+                              f"process, but this run has {self.size} process(es), which "
+                              f"{stage_groups} stage groups do not divide. Fix: {how}")
+        world = replace(self, stage_groups=stage_groups, _groups=[])
+        if stage_groups > 1 and world.layout.replicas > 1:
+            world._groups = replica_groups(world.layout)
+        return world
+
+    def replicas(self) -> Replicas:
+        """The data-parallel replicas this rank's rule averages over: the ranks holding the same
+        stage group (one replica: the identity)."""
+        if self.layout.replicas == 1:
             return ONE_PROCESS
-        if stage_groups != 1:
-            raise LaunchError(f"parallel.stage_groups={stage_groups} (layer-parallel stages) is not "
-                              f"run by the data-parallel trainer; use parallel.stage_groups=1")
-        return ProcessReplicas()
+        return ProcessReplicas(self._loop_group() if self.stage_groups == 1 else self._groups[self.layout.group])
+
+    def _loop_group(self):
+        """The process group of the ranks that run the training loop (None: all of them)."""
+        return self._groups[0] if self._groups else None
 
     def shard(self, batch_size: int, what: str = "train.batch_size") -> int:
-        """Rows of every global batch this process trains on: batch_size / size."""
-        if batch_size % self.size:
-            lower = [d for d in range(self.size, 0, -1) if batch_size % d == 0][0]
-            near = self.size * max(1, round(batch_size / self.size))
+        """Rows of every global batch each replica trains on: batch_size / replicas
+        (this rank's are rows [replica·shard, (replica+1)·shard))."""
+        n, g = self.layout.replicas, self.stage_groups
+        if batch_size % n:
+            lower = [d for d in range(n, 0, -1) if batch_size % d == 0][0]
+            near = n * max(1, round(batch_size / n))
+            who = (f"the {n} processes of this launch" if g == 1 else
+                   f"the {n} replicas of this launch ({self.size} processes / parallel.stage_groups={g})")
+            fix = (f"launch {lower} process(es)" if g == 1 else f"launch {lower * g} processes")
             raise LaunchError(
-                f"{what}={batch_size} is the global batch, shared by the {self.size} processes of "
-                f"this launch, but it does not split into {self.size} equal parts. Fix: "
-                f"{what}={near} (a multiple of {self.size}), or launch {lower} process(es)")
-        return batch_size // self.size
+                f"{what}={batch_size} is the global batch, shared by {who}, but it does not split "
+                f"into {n} equal parts. Fix: {what}={near} (a multiple of {n}), or {fix}")
+        return batch_size // n
 
     def view_stream(self) -> tuple[int, ...]:
-        """The seed index of this process's view stream (biossl.seeds 'views'): none in one
-        process (the stream of every single-process run), the rank otherwise."""
-        return (self.rank,) if self.distributed else ()
+        """The seed index of this replica's view stream (biossl.seeds 'views'): none with one
+        replica (the stream of every single-process run), the replica otherwise."""
+        return (self.layout.replica,) if self.layout.replicas > 1 else ()
 
     def device(self, name: str, cuda_count: int | None = None) -> torch.device | None:
         """This process's device for ``train.device`` (None: resolve as one process does).
@@ -192,38 +284,39 @@ class World:
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (it may fill caches), then the others."""
-        if not self.distributed:
+        """Rank 0 runs the block first (it may fill caches), then the others of the loop."""
+        if self.layout.replicas == 1:
             yield
             return
         import torch.distributed as dist
         if not self.is_main:
-            dist.barrier()
+            dist.barrier(group=self._loop_group())
         yield
         if self.is_main:
-            dist.barrier()
+            dist.barrier(group=self._loop_group())
 
     def gather_objects(self, obj) -> list:
-        """Every rank's ``obj`` (a list in rank order) on every rank."""
-        if not self.distributed:
+        """Every training loop's ``obj`` (a list in replica order) on each of them."""
+        if self.layout.replicas == 1:
             return [obj]
         import torch.distributed as dist
-        out: list = [None] * self.size
-        dist.all_gather_object(out, obj)
+        out: list = [None] * self.layout.replicas
+        dist.all_gather_object(out, obj, group=self._loop_group())
         return out
 
     def agree(self, numbers: dict[str, float], flags: dict[str, bool],
               device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
-        """One all_reduce per step: the mean of every logged number over the ranks (the
-        global loss, …) and, per flag, how many ranks raised it (a stop, rank 0's clock)."""
-        if not self.distributed:
+        """One all_reduce per step over the training loops: the mean of every logged number
+        over the replicas (the global loss, …) and, per flag, how many loops raised it (a stop,
+        rank 0's clock). Later stage groups take part through their replica's group 0."""
+        if self.layout.replicas == 1:
             return numbers, {k: int(v) for k, v in flags.items()}
         import torch.distributed as dist
         keys = sorted(numbers)  # every rank logs the same keys (the same schedule decisions)
         vec = torch.tensor([numbers[k] for k in keys] + [float(flags[k]) for k in flags],
                            dtype=torch.float64, device=device)
-        dist.all_reduce(vec)
-        means = (vec[:len(keys)] / self.size).tolist()
+        dist.all_reduce(vec, group=self._loop_group())
+        means = (vec[:len(keys)] / self.layout.replicas).tolist()
         counts = vec[len(keys):].tolist()
         return dict(zip(keys, means)), {k: int(round(c)) for k, c in zip(flags, counts)}
 
@@ -232,13 +325,13 @@ def batchnorm_note(module: torch.nn.Module, world: World) -> str | None:
     """What a data-parallel run does with BatchNorm layers (None: it has none, or one process).
     Each replica normalises with its own shard's statistics (as DDP does without
     SyncBatchNorm, which torch runs on GPUs only); checkpoints hold rank 0's running statistics."""
-    if not world.distributed:
+    if world.layout.replicas == 1:
         return None
     names = [n for n, m in module.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not names:
         return None
     return (f"{len(names)} BatchNorm layer(s) ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}) "
-            f"normalise each process's 1/{world.size} of the global batch with its own statistics (not the "
+            f"normalise each replica's 1/{world.layout.replicas} of the global batch with its own statistics (not the "
             f"global batch's); the checkpoint keeps rank 0's running statistics (docs/distributed.md)")
 
 

@@ -67,6 +67,10 @@ class Replicas:
         """The mean over replicas of a small float tensor (the numbers a step logs)."""
         return values
 
+    def any(self, flag: bool) -> bool:
+        """Whether any replica raised ``flag`` (so that all of them act on it together)."""
+        return bool(flag)
+
     def draw_rows(self, shape: tuple[int, ...], draw) -> Tensor:
         """``draw(global_shape)`` for the global rows (same stream on every replica), then
         this rank's rows: noise that one process would draw for the global batch."""
@@ -125,6 +129,11 @@ class ProcessReplicas(Replicas):
         ok = ok.to(self._collective_device(loss))
         self.dist.all_reduce(ok, op=self.dist.ReduceOp.MIN, group=self.group)
         return bool(ok.item())
+
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([float(flag)])  # CPU: gloo carries it in a cpu:gloo,cuda:nccl group too
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item())
 
     def mean(self, values: Tensor) -> Tensor:
         values = values.clone()
