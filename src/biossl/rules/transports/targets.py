@@ -197,11 +197,26 @@ class Targets(Transport):
         """ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l), from the top down; all detached."""
         targets = [top_target]
         for j in range(len(hs) - 1, 0, -1):
-            below = hs[j - 1]
-            g = self.inverses[k][j - 1](torch.cat([targets[0], hs[j]]), below.shape[2:])
-            g_target, g_h = g.split(below.shape[0])
-            targets.insert(0, below + (g_target - g_h))
+            targets.insert(0, self.target_below(k, j, hs, targets[0]))
         return targets
+
+    @torch.no_grad()
+    def target_below(self, k: int, j: int, hs: list[Tensor], target: Tensor) -> Tensor:
+        """ĥ of the segment's stage j − 1 from ĥ of its stage j (j ≥ 1), detached. Runs g
+        on half the rows at a time, written into the result in place, so the transient
+        maps at stage j − 1's size add up to one map (not g on ĥ and h together, 2 maps,
+        plus their difference)."""
+        below, g = hs[j - 1], self.inverses[k][j - 1]
+        out = torch.empty_like(below)
+        n = below.shape[0]
+        for rows in (slice(0, n // 2), slice(n // 2, n)):
+            if rows.start == rows.stop:
+                continue
+            d = g(target[rows], below.shape[2:])
+            d.sub_(g(hs[j][rows], below.shape[2:])).add_(below[rows])
+            out[rows] = d
+            del d
+        return out
 
     def inverse_losses(self, rule, k: int, hs: list[Tensor]) -> list[Tensor]:
         """Denoising reconstruction loss of every g_l of segment k, forward stages frozen."""
@@ -265,21 +280,40 @@ class Targets(Transport):
             self.steps_done[k] += learn_extra
             return Update(p.top, loss.item(), log, step=False)
         loss, top = self.top_target(rule, k, p, batch)
-        with rule.autocast():
-            targets = self.propagate_targets(k, p.hs, top)
+        stage_log = self.learn_from_targets(rule, k, p, top)
+        del top
+        # The forward weights move only after this method, so the inverses may learn after
+        # the stage graphs are freed (the peak holds the forward graphs or the inverses').
         if train_g and not g_first:  # official order: targets from the previous step's g
             log.update(self.train_inverses(rule, k, p, batch))
-        with rule.autocast():
-            local = self.stage_losses(p.outs, targets)
-        total = sum(local)
-        check_finite(total, "DTP stage loss")
-        total.backward()  # disjoint per-stage graphs: each loss reaches only its own stage
         self.steps_done[k] += learn_extra
-        log.update({f"target_loss/stage{span.start + j}": v.item() for j, v in enumerate(local)})
-        # How far each target moves its layer, relative to the activity (‖ĥ_l − h_l‖ / ‖h_l‖).
-        log.update({f"shift/stage{span.start + j}": ((t - h).norm() / h.norm().clamp_min(1e-12)).item()
-                    for j, (t, h) in enumerate(zip(targets, p.hs))})
+        log.update(stage_log)
         return Update(p.top, loss.item(), log)
+
+    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor) -> dict[str, float]:
+        """From the top stage down: stage l's loss against ĥ_l and its backward (which frees
+        stage l's graph), then ĥ_{l−1} from ĥ_l — the same targets and gradients as
+        :meth:`propagate_targets` + :meth:`stage_losses` (the per-stage graphs are
+        disjoint), with one target and ever fewer stage graphs alive. Returns the log:
+        'target_loss/stage{l}' and 'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖)."""
+        start = rule.spans[k].start
+        losses, shifts = {}, {}
+        target = top
+        for j in range(len(p.hs) - 1, -1, -1):
+            with rule.autocast():
+                (local,) = self.stage_losses([p.outs[j]], [target])
+            check_finite(local, "DTP stage loss")
+            local.backward()
+            p.outs[j] = p.hs[j]  # the graph is spent: keep the activity only
+            losses[j] = local.item()
+            h = p.hs[j]
+            shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
+            if j > 0:
+                with rule.autocast():
+                    target = self.target_below(k, j, p.hs, target)
+        log = {f"target_loss/stage{start + j}": losses[j] for j in sorted(losses)}
+        log.update({f"shift/stage{start + j}": shifts[j] for j in sorted(shifts)})
+        return log
 
     def get_extra_state(self):
         return {"steps_done": list(self.steps_done),
