@@ -79,20 +79,27 @@ def _channels_last(x: Tensor) -> bool:
     return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
+def _pool(m: nn.Module, x: Tensor) -> Tensor | None:
+    """The lean pool's output when a graph is being built (None: use torch's own forward)."""
+    if m.return_indices or not torch.is_grad_enabled() or not x.requires_grad:
+        return None
+    return _MaxPoolKeepingIndices.apply(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d whose graph keeps only the argmax indices, not its input map."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.return_indices or not torch.is_grad_enabled() or not x.requires_grad:
-            return super().forward(x)
-        return _MaxPoolKeepingIndices.apply(x, self.kernel_size, self.stride, self.padding,
-                                            self.dilation, self.ceil_mode)
+        y = _pool(self, x)
+        return super().forward(x) if y is None else y
 
 
 class MaxPool3d(nn.MaxPool3d):
     """nn.MaxPool3d whose graph keeps only the argmax indices, not its input map."""
 
-    forward = MaxPool2d.forward
+    def forward(self, x: Tensor) -> Tensor:
+        y = _pool(self, x)
+        return super().forward(x) if y is None else y
 
 
 _MAXPOOL = {1: nn.MaxPool1d, 2: MaxPool2d, 3: MaxPool3d}
