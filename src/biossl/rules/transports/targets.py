@@ -242,6 +242,22 @@ class Targets(Transport):
             losses.append(sq if self.params.target_loss == "sum" else sq / out.shape[0])
         return losses
 
+    def _learn_bottom_stage(self, out: Tensor, target: Tensor) -> float:
+        """Stage loss (:meth:`stage_losses`' value) and its backward from ``out`` (with its
+        graph) to ``target``, whose storage becomes the error out − ĥ (the gradient of
+        ½‖out − ĥ‖²): no further map of the stage's size. (Above the bottom the target is
+        still needed, and an error passed to backward from Python stays alive through the
+        whole backward, where the loss's own gradient is freed early: they use the loss.)"""
+        with torch.no_grad():
+            err = target.neg_().add_(out.detach())
+            sq = torch.linalg.vector_norm(err, dtype=torch.float32) ** 2
+            rule = self.params.target_loss
+            scale = 1.0 if rule == "sum" else 1.0 / out.shape[0] if rule == "row_mean" else 2.0 / out.numel()
+            loss = sq * (0.5 * scale if rule != "element_mean" else 1.0 / out.numel())
+        check_finite(loss, "DTP stage loss")
+        out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
+        return loss.item()
+
     def train_inverses(self, rule, k: int, p: Pass, batch) -> dict[str, float]:
         """``inverse_steps`` denoising updates of segment k's inverses; returns the last losses."""
         hs = p.hs
@@ -300,14 +316,17 @@ class Targets(Transport):
         losses, shifts = {}, {}
         target = top
         for j in range(len(p.hs) - 1, -1, -1):
-            with rule.autocast():
-                (local,) = self.stage_losses([p.outs[j]], [target])
-            check_finite(local, "DTP stage loss")
-            local.backward()
-            p.outs[j] = p.hs[j]  # the graph is spent: keep the activity only
-            losses[j] = local.item()
             h = p.hs[j]
             shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
+            if j == 0:  # the bottom target is needed no more: its storage becomes the error
+                losses[j] = self._learn_bottom_stage(p.outs[j], target)
+            else:
+                with rule.autocast():
+                    (local,) = self.stage_losses([p.outs[j]], [target])
+                check_finite(local, "DTP stage loss")
+                local.backward()
+                losses[j] = local.item()
+            p.outs[j] = h  # the graph is spent: keep the activity only
             if j > 0:
                 with rule.autocast():
                     target = self.target_below(k, j, p.hs, target)
