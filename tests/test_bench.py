@@ -109,3 +109,28 @@ def test_flops_of_a_step_count_forward_and_backward_also_for_dtp():
     asm.rule.start_epoch(0)
     x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     assert step_flops(lambda: asm.rule.step(asm.recipe(x, torch.Generator().manual_seed(0)))) > 0
+
+
+def test_all_positions_bench_every_greedy_stage_and_cell_overrides_are_its_own():
+    from biossl.bench import command_line_cells
+    cells = command_line_cells("fmnist-gll-hinge@all train.epochs=6", ["transport.name=urf"])
+    assert [(label, epoch) for label, _, epoch in cells] == [
+        ("fmnist-gll-hinge greedy-urf@0", 0), ("fmnist-gll-hinge greedy-urf@2", 2),
+        ("fmnist-gll-hinge greedy-urf@4", 4)]
+    for label, cfg, epoch in cells:  # each position is the stage its epoch trains
+        rule = assemble(cfg).rule
+        rule.start_epoch(epoch)
+        assert rule.schedule.stage == epoch // 2 and cfg.transport.name == "urf"
+    # an end-to-end schedule has one phase: @all is epoch 0
+    assert [e for _, _, e in command_line_cells("fmnist-bp-hinge@all", [])] == [0]
+
+
+def test_batch_sizes_multiply_the_cells_batch_major():
+    from biossl.bench import command_line_cells, with_batch_sizes
+    cells = command_line_cells("fmnist-bp-hinge", []) + command_line_cells("fmnist-gll-hinge@1", [])
+    out = with_batch_sizes(cells, [8, 16])
+    assert [(label, cfg.train.batch_size, epoch) for label, cfg, epoch in out] == [
+        ("fmnist-bp-hinge b8", 8, 0), ("fmnist-gll-hinge@1 b8", 8, 1),
+        ("fmnist-bp-hinge b16", 16, 0), ("fmnist-gll-hinge@1 b16", 16, 1)]
+    assert cells[0][1].train.batch_size not in (8, 16)  # the originals are untouched
+    assert with_batch_sizes(cells, []) == cells

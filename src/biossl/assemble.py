@@ -67,7 +67,7 @@ def build_encoder(cfg: RunConfig, recipe, spec, device: torch.device):
     torch.manual_seed(derive(cfg.train.seed, "weights"))
     in_channels = recipe.sample_shape(tuple(spec.image_shape))[0]
     enc = ENCODERS.build(cfg.encoder.name, cfg.encoder.params, in_channels).to(device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last:
         enc = enc.to(memory_format=torch.channels_last)
     return enc
 

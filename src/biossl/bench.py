@@ -9,6 +9,7 @@ round is kept, so a noisy neighbour hurts every cell alike.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import platform
@@ -83,7 +84,10 @@ class _Cell:
 
     def _step(self) -> None:
         # the rule scopes train.precision to its forward computations (assemble sets it)
-        self.asm.rule.step(self.asm.recipe(self.x, self.gen))
+        batch = self.asm.recipe(self.x, self.gen)
+        if self.cfg.train.channels_last and batch.x.dim() == 4:  # as the trainer does
+            batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+        self.asm.rule.step(batch)
 
     def flops(self) -> int:
         """Matmul/conv FLOPs of one step (counted once; the step also trains)."""
@@ -99,7 +103,7 @@ class _Cell:
 def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                   rounds: int = 3, progress: bool = True) -> list[dict]:
     """Measure every (label, config[, schedule epoch]) in this process; each row's ratios are
-    against the first cell on the same encoder and views (``reference``).
+    against the first cell on the same encoder, views and batch size (``reference``).
 
     On the CPU the memory pass sets glibc's mmap threshold for the rest of the process (it
     cannot be reset to glibc's adaptive default), which slows later allocations: call this
@@ -110,7 +114,8 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     built = []
     for label, cfg, *epoch in cells:
         c = _Cell(label, cfg, *epoch)
-        c.steps(warmup)  # allocator warm-up, lazy init
+        if warmup:
+            c.steps(warmup)  # allocator warm-up, lazy init
         built.append(c)
     per_round = max(1, steps // rounds)
     for r in range(rounds):
@@ -134,11 +139,11 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                     "views_images_per_s": c.cfg.train.batch_size / vt, "views_share": vt / st,
                     "peak_mib": c.peak_bytes / 2**20,
                     "gflop_per_step": fl / 1e9, "achieved_gflops": fl / 1e9 / st})
-    # each row against the first cell on the same encoder and views (their e2e-bp baseline
-    # when the cells list it first): ratios across encoders would compare different nets
-    refs: dict[tuple[str, str], dict] = {}
+    # each row against the first cell on the same encoder, views and batch size (their
+    # e2e-bp baseline when the cells list it first): other nets or batches are not comparable
+    refs: dict[tuple[str, str, int], dict] = {}
     for r in out:
-        ref = refs.setdefault((r["encoder"], r["views"]), r)
+        ref = refs.setdefault((r["encoder"], r["views"], r["batch_size"]), r)
         r["reference"] = ref["label"]
         r["step_time_vs_ref"] = r["step_ms"] / ref["step_ms"]
         r["images_per_s_vs_ref"] = r["images_per_s"] / ref["images_per_s"]
@@ -162,7 +167,7 @@ def _rate(x: float) -> str:
 
 def format_bench(rows: list[dict]) -> str:
     """The bench table; ×ref columns are against each row's ``reference`` (the first cell on
-    the same encoder and views)."""
+    the same encoder, views and batch size)."""
     lines = ["| cell | rule | objective | step ms | images/s | ×ref img/s | peak MiB | ×ref mem | views share "
              "| GFLOP/step | GFLOP/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -188,25 +193,69 @@ def default_cells(overrides: list[str] = ()) -> list[tuple[str, RunConfig, int]]
             for label, recipe, ov, epoch in DEFAULT_CELLS]
 
 
-def command_line_cell(spec: str, overrides: list[str]) -> tuple[str, RunConfig, int]:
-    """``CONFIG`` or ``CONFIG@E``: a recipe name or YAML path, benched at epoch E of its
-    schedule (a greedy run of 3 stages × 1 epoch: ``@2`` is its last stage)."""
+def schedule_positions(cfg: RunConfig) -> list[int]:
+    """The first epoch of every phase of ``cfg``'s schedule (greedy: one per stage)."""
+    from biossl.registry import ENCODERS, SCHEDULES, load_all
+    load_all()
+    stages = len(ENCODERS.build(cfg.encoder.name, cfg.encoder.params, 1))  # channels do not matter
+    schedule = SCHEDULES.build(cfg.schedule.name, cfg.schedule.params)
+    schedule.plan(cfg.train.epochs, stages)
+    return schedule.positions()
+
+
+def command_line_cells(spec: str, overrides: list[str]) -> list[tuple[str, RunConfig, int]]:
+    """The cells of one command-line spec ``CONFIG[@POS] [key=value ...]``: a recipe name or
+    YAML path with this cell's own overrides (after the common ``overrides``), benched at
+    epoch POS of its schedule (a greedy run of 3 stages × 1 epoch: ``@2`` is its last
+    stage), or at ``@all``: the first epoch of every phase of it (greedy: every stage)."""
     from biossl.config import ConfigError, load_config
-    name, _, at = spec.partition("@")
-    cfg = load_config(name, overrides)
+    head, *own = spec.split()
+    name, _, at = head.partition("@")
+    cfg = load_config(name, list(overrides) + own)
+    stem = Path(name).stem + (f" {rule_name(cfg)}" if own else "")
     if not at:
-        return Path(name).stem, cfg, 0
+        return [(stem, cfg, 0)]
+    if at == "all":
+        try:
+            positions = schedule_positions(cfg)
+        except ValueError as e:  # e.g. greedy epochs that do not split over the stages
+            raise ConfigError(f"bench cell {spec!r}: {e}") from None
+        return [(f"{stem}@{e}", cfg, e) for e in positions]
     if not at.isdigit() or int(at) >= cfg.train.epochs:
-        raise ConfigError(f"bench cell {spec!r}: the position after '@' must be an epoch 0…"
+        raise ConfigError(f"bench cell {spec!r}: the position after '@' must be 'all' or an epoch 0…"
                           f"{cfg.train.epochs - 1} of its schedule (train.epochs={cfg.train.epochs})")
-    return f"{Path(name).stem}@{at}", cfg, int(at)
+    return [(f"{stem}@{at}", cfg, int(at))]
+
+
+def command_line_cell(spec: str, overrides: list[str]) -> tuple[str, RunConfig, int]:
+    """The one cell of ``CONFIG`` or ``CONFIG@E`` (see :func:`command_line_cells`)."""
+    cells = command_line_cells(spec, overrides)
+    if len(cells) != 1:
+        from biossl.config import ConfigError
+        raise ConfigError(f"bench cell {spec!r} names {len(cells)} cells; expected one")
+    return cells[0]
+
+
+def with_batch_sizes(cells: list[tuple], batch_sizes: list[int]) -> list[tuple]:
+    """Every cell at every batch size (batch-major, so each batch's first cell is its
+    reference); labels gain ' b{N}'. No sizes: the cells unchanged."""
+    if not batch_sizes:
+        return cells
+    out = []
+    for n in batch_sizes:
+        for label, cfg, *epoch in cells:
+            c = copy.deepcopy(cfg)
+            c.train.batch_size = n
+            out.append((f"{label} b{n}", c, *epoch))
+    return out
 
 
 def main(args) -> int:
     if args.configs:
-        cells = [command_line_cell(c, args.overrides) for c in args.configs]
+        cells = [cell for c in args.configs for cell in command_line_cells(c, args.overrides)]
     else:
         cells = default_cells(args.overrides)
+    cells = with_batch_sizes(cells, args.batch or [])
     print(f"benchmarking {len(cells)} cells, {args.steps} steps each, reference {cells[0][0]}")
     rows = bench_configs(cells, steps=args.steps, warmup=args.warmup)
     result = write_bench_json(rows, args.out)

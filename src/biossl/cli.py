@@ -208,8 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset of another image size is resized to the training shape (eval.resize)")
     s.set_defaults(fn=_cmd_eval)
     s = sub.add_parser("bench", help="step time, images/s, peak memory per rule vs e2e-bp")
-    s.add_argument("configs", nargs="*", help="configs to bench, CONFIG or CONFIG@EPOCH (a schedule "
-                   "position, e.g. fmnist-gll-hinge@2 = its last stage); default: one cell per rule family")
+    s.add_argument("configs", nargs="*", help="cells to bench, each 'CONFIG[@POS] [key=value ...]' "
+                   "(one argument; the overrides are this cell's own): POS an epoch of its schedule "
+                   "(fmnist-gll-hinge@2 = its last stage) or 'all' (every stage of a greedy schedule); "
+                   "default: one cell per rule family")
+    s.add_argument("--batch", type=_count(2), action="append",
+                   help="bench every cell at this batch size (repeatable: --batch 256 --batch 500); "
+                   "ratios are per batch size")
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    help="key=value override applied to every config")
     s.add_argument("--steps", type=_count(1), default=20, help="timed steps per config (≥ 1)")

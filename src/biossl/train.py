@@ -408,7 +408,7 @@ class _Loop:
                 idx = order[self.step_in_epoch * bs:(self.step_in_epoch + 1) * bs][mine]
                 x = images[idx.to(images.device)].to(device, non_blocking=True)
                 batch = recipe(x, self.view_gen)
-                if cfg.train.channels_last and batch.x.dim() == 4 and device.type == "cuda":
+                if cfg.train.channels_last and batch.x.dim() == 4:
                     batch.x = batch.x.contiguous(memory_format=torch.channels_last)
                 try:
                     out = rule.step(batch)

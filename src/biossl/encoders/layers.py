@@ -3,20 +3,119 @@ from __future__ import annotations
 
 from typing import Literal
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 Activation = Literal["relu", "hardtanh", "tanh", "leaky_relu", "identity"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
-def activation(name: str) -> nn.Module:
+class _HardtanhInPlace(torch.autograd.Function):
+    """clamp_ whose backward reads the output (y inside (lo, hi) exactly when x was), so the
+    graph keeps no copy of the input (torch's hardtanh_ saves the input, i.e. a clone)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:
+        ctx.mark_dirty(x)
+        x.clamp_(lo, hi)
+        ctx.save_for_backward(x)
+        ctx.bounds = (lo, hi)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, y, *ctx.bounds), None, None
+
+
+class InPlaceHardtanh(nn.Hardtanh):
+    """Hardtanh that overwrites its input and keeps only its output for backward: after a
+    conv (which does not keep its output) the stage then holds one map, not two."""
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__(min_val, max_val, inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _HardtanhInPlace.apply(x, self.min_val, self.max_val)
+
+
+class _MaxPoolKeepingIndices(torch.autograd.Function):
+    """Max-pool whose graph keeps only the argmax indices: torch's keeps the input map too
+    (the conv output, 2–4 × the pooled map), though its backward reads only its shape. The
+    backward scatters each output's gradient to the input unit that won, in the input's
+    memory layout (torch's CPU backward would also copy a channels-last input)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel, stride, padding, dilation, ceil_mode: bool) -> Tensor:
+        pool = F.max_pool2d if x.dim() == 4 else F.max_pool3d
+        y, idx = pool(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+        ctx.save_for_backward(idx)
+        ctx.input = (x.shape, _channels_last(x))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (idx,) = ctx.saved_tensors
+        shape, channels_last = ctx.input
+        n, c = shape[:2]
+        if channels_last:  # (N, *spatial, C) in memory: scatter over the flattened spatial dim 1
+            perm = (0, *range(2, len(shape)), 1)
+            out = grad.new_zeros((n, *shape[2:], c))
+            out.view(n, -1, c).scatter_add_(1, idx.permute(perm).reshape(n, -1, c),
+                                            grad.permute(perm).reshape(n, -1, c))
+            inverse = (0, len(shape) - 1, *range(1, len(shape) - 1))
+            return out.permute(inverse), None, None, None, None, None
+        out = grad.new_zeros(shape)
+        out.view(n, c, -1).scatter_add_(2, idx.reshape(n, c, -1), grad.reshape(n, c, -1))
+        return out, None, None, None, None, None
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` (4-D or 5-D) is laid out channels-last (and not also contiguous)."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+def _pool(m: nn.Module, x: Tensor) -> Tensor | None:
+    """The lean pool's output when a graph is being built (None: use torch's own forward)."""
+    if m.return_indices or not torch.is_grad_enabled() or not x.requires_grad:
+        return None
+    return _MaxPoolKeepingIndices.apply(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d whose graph keeps only the argmax indices, not its input map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = _pool(self, x)
+        return super().forward(x) if y is None else y
+
+
+class MaxPool3d(nn.MaxPool3d):
+    """nn.MaxPool3d whose graph keeps only the argmax indices, not its input map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = _pool(self, x)
+        return super().forward(x) if y is None else y
+
+
+_MAXPOOL = {1: nn.MaxPool1d, 2: MaxPool2d, 3: MaxPool3d}
+
+
+def activation(name: str, inplace: bool = False) -> nn.Module:
+    """The nonlinearity ``name``; ``inplace`` overwrites its input where the backward can
+    read the output instead (relu, hardtanh, leaky_relu), saving one map per layer."""
     table = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "tanh": nn.Tanh,
              "leaky_relu": nn.LeakyReLU, "identity": nn.Identity}
     if name not in table:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(table)}")
+    if inplace and name == "hardtanh":
+        return InPlaceHardtanh()
+    if inplace and name in ("relu", "leaky_relu"):  # torch's in-place backward reads the output
+        return table[name](inplace=True)
     return table[name]()
 
 
@@ -31,8 +130,8 @@ def conv_stage(cin: int, cout: int, *, act: str | None = "relu", pool: bool = Fa
     layers: list[nn.Module] = [_CONV[dims](cin, cout, kernel, stride=stride, padding=pad, bias=bias)]
     if batchnorm:
         layers.append(_BN[dims](cout))
-    if act is not None:
-        layers.append(activation(act))
+    if act is not None:  # in place: the conv (or batch norm) before it does not keep its output
+        layers.append(activation(act, inplace=True))
     if pool:
         layers.append(_MAXPOOL[dims](2))
     return nn.Sequential(*layers)

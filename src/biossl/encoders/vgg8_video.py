@@ -29,6 +29,7 @@ from torch import nn
 
 from biossl.bounds import PositiveFloat, PositiveInt
 from biossl.encoders.base import StageStack
+from biossl.encoders.layers import MaxPool3d
 
 PLAN = ((96, 7, True), (256, 5, True), (512, 3, False), (512, 3, False), (512, 3, True))
 """(channels at width 1, spatial kernel, max-pool after) per stage."""
@@ -61,11 +62,11 @@ def vgg8_video(cfg: VGG8VideoConfig, in_channels: int) -> StageStack:
         t = cfg.temporal_kernel if i in TEMPORAL_STAGES else 1
         s = 2 if i == 0 else cfg.conv2_stride if i == 1 else 1   # spatial stride
         layers: list[nn.Module] = [nn.Conv3d(cin, cout, (t, k, k), stride=(t, s, s), padding=(0, k // 2, k // 2),
-                                             bias=cfg.bias), nn.ReLU()]
+                                             bias=cfg.bias), nn.ReLU(inplace=True)]
         if cfg.batch_norm:
             layers.append(nn.BatchNorm3d(cout))
         if pool:
-            layers.append(nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
+            layers.append(MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))  # keeps only indices
         stages.append(nn.Sequential(*layers))
         cin = cout
     return StageStack(stages, in_channels)

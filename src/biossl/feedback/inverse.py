@@ -43,7 +43,7 @@ def invertible_layers(stage: nn.Module, index: int) -> list[nn.Module]:
     """The stage's layers in forward order, or ConfigError naming the first one DTP cannot invert."""
     layers = _flat_layers(stage)
     for m in layers:
-        if type(m) not in ALLOWED:
+        if not isinstance(m, ALLOWED):
             raise ConfigError(
                 f"stage {index} contains {type(m).__name__}, which DTP cannot invert; allowed: "
                 f"{', '.join(sorted(t.__name__ for t in ALLOWED))}. Use an encoder without it "

@@ -77,7 +77,8 @@ def forward_traced(stage: nn.Module, x: Tensor) -> tuple[Tensor, StageTrace]:
     for m in mods[1:]:
         shapes.append(h.shape)
         if isinstance(m, POOLS):
-            h, idx = _POOL_FN[type(m)](h, m.kernel_size, m.stride, m.padding, m.dilation,
+            pool = next(fn for t, fn in _POOL_FN.items() if isinstance(m, t))  # also subclasses
+            h, idx = pool(h, m.kernel_size, m.stride, m.padding, m.dilation,
                           ceil_mode=m.ceil_mode, return_indices=True)
             records.append(idx)
         else:

@@ -116,9 +116,18 @@ class Rule(nn.Module):
         start = self.spans[k].start
         if start == 0:
             return batch.x
+        views = batch.view_rows()
         with torch.no_grad(), self.autocast():
-            parts = [self.encoder.run(batch.x[rows], 0, start) for rows in batch.view_rows()]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            if len(views) == 1:
+                return self.encoder.run(batch.x[views[0]], 0, start)
+            out = None
+            for rows in views:  # each view's map written into one output: no list, no cat
+                part = self.encoder.run(batch.x[rows], 0, start)
+                if out is None:
+                    out = _empty_like_rows(part, batch.x.shape[0])
+                out[rows] = part
+                del part
+        return out
 
     def update(self, k: int, x: Tensor, batch: ViewBatch) -> Update:
         """One complete update of segment ``k`` from its input ``x`` (detached here: the
@@ -195,6 +204,14 @@ class Rule(nn.Module):
         self.schedule.load_state(state["schedule"])
         for p, st in zip(self.probes, state["probes"]):
             p.load_state(st)
+
+
+def _empty_like_rows(part: Tensor, rows: int) -> Tensor:
+    """An uninitialised tensor of ``rows`` rows shaped, typed and laid out like ``part``."""
+    channels_last = (part.dim() == 4 and not part.is_contiguous()
+                     and part.is_contiguous(memory_format=torch.channels_last))
+    return torch.empty((rows, *part.shape[1:]), dtype=part.dtype, device=part.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def schedule_name(schedule: Schedule) -> str:

@@ -41,6 +41,11 @@ class Schedule:
     def start_epoch(self, rule: "Rule", epoch: int) -> None:
         """Called before every epoch (0-based)."""
 
+    def positions(self) -> list[int]:
+        """The first epoch of every phase whose steps differ in what they train (after
+        :meth:`plan`): one per stage for greedy, [0] when every epoch trains alike."""
+        return [0]
+
     def step(self, rule: "Rule", batch: ViewBatch) -> dict[str, float]:  # pragma: no cover
         """One training step on ``batch`` via ``rule.update`` / ``rule.frozen_input``."""
         raise NotImplementedError

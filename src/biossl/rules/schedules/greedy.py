@@ -18,6 +18,7 @@ class Greedy(Schedule):
         super().__init__(params)
         self.stage = 0
         self.per_stage = 1
+        self.stages = 1
 
     def plan(self, epochs: int, stages: int) -> None:
         if epochs % stages:
@@ -27,6 +28,10 @@ class Greedy(Schedule):
                 f"epochs do not split evenly; use a multiple of {stages}, e.g. train.epochs={near} "
                 f"(train.epochs counts the whole run: stages × epochs per stage)")
         self.per_stage = epochs // stages
+        self.stages = stages
+
+    def positions(self) -> list[int]:
+        return [s * self.per_stage for s in range(self.stages)]
 
     def start_epoch(self, rule, epoch: int) -> None:
         self.stage = epoch // self.per_stage

@@ -201,11 +201,26 @@ class Targets(Transport):
         """ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l), from the top down; all detached."""
         targets = [top_target]
         for j in range(len(hs) - 1, 0, -1):
-            below = hs[j - 1]
-            g = self.inverses[k][j - 1](torch.cat([targets[0], hs[j]]), below.shape[2:])
-            g_target, g_h = g.split(below.shape[0])
-            targets.insert(0, below + (g_target - g_h))
+            targets.insert(0, self.target_below(k, j, hs, targets[0]))
         return targets
+
+    @torch.no_grad()
+    def target_below(self, k: int, j: int, hs: list[Tensor], target: Tensor) -> Tensor:
+        """ĥ of the segment's stage j − 1 from ĥ of its stage j (j ≥ 1), detached. Runs g
+        on half the rows at a time, written into the result in place, so the transient
+        maps at stage j − 1's size add up to one map (not g on ĥ and h together, 2 maps,
+        plus their difference)."""
+        below, g = hs[j - 1], self.inverses[k][j - 1]
+        out = torch.empty_like(below)
+        n = below.shape[0]
+        for rows in (slice(0, n // 2), slice(n // 2, n)):
+            if rows.start == rows.stop:
+                continue
+            d = g(target[rows], below.shape[2:])
+            d.sub_(g(hs[j][rows], below.shape[2:])).add_(below[rows])
+            out[rows] = d
+            del d
+        return out
 
     def inverse_losses(self, rule, k: int, hs: list[Tensor]) -> list[Tensor]:
         """Denoising reconstruction loss of every g_l of segment k, forward stages frozen."""
@@ -235,6 +250,24 @@ class Targets(Transport):
             losses.append(sq * self.replicas.loss_scale if self.params.target_loss == "sum"
                           else sq / out.shape[0])
         return losses
+
+    def _learn_bottom_stage(self, out: Tensor, target: Tensor) -> float:
+        """Stage loss (:meth:`stage_losses`' value) and its backward from ``out`` (with its
+        graph) to ``target``, whose storage becomes the error out − ĥ (the gradient of
+        ½‖out − ĥ‖²): no further map of the stage's size. (Above the bottom the target is
+        still needed, and an error passed to backward from Python stays alive through the
+        whole backward, where the loss's own gradient is freed early: they use the loss.)"""
+        with torch.no_grad():
+            err = target.neg_().add_(out.detach())
+            sq = torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32)) ** 2  # bf16 errors summed in fp32
+            rule = self.params.target_loss
+            # 'sum' over this rank's rows is its share of the global sum: × loss_scale (see stage_losses)
+            scale = (self.replicas.loss_scale if rule == "sum" else 1.0 / out.shape[0] if rule == "row_mean"
+                     else 2.0 / out.numel())
+            loss = sq * (0.5 * scale if rule != "element_mean" else 1.0 / out.numel())
+        check_finite(loss, "DTP stage loss", self.replicas)
+        out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
+        return loss.item()
 
     def train_inverses(self, rule, k: int, p: Pass, batch) -> dict[str, float]:
         """``inverse_steps`` denoising updates of segment k's inverses; returns the last losses."""
@@ -275,21 +308,43 @@ class Targets(Transport):
             self.steps_done[k] += learn_extra
             return Update(p.top, loss.item(), log, step=False)
         loss, top = self.top_target(rule, k, p, batch)
-        with rule.autocast():
-            targets = self.propagate_targets(k, p.hs, top)
+        stage_log = self.learn_from_targets(rule, k, p, top)
+        del top
+        # The forward weights move only after this method, so the inverses may learn after
+        # the stage graphs are freed (the peak holds the forward graphs or the inverses').
         if train_g and not g_first:  # official order: targets from the previous step's g
             log.update(self.train_inverses(rule, k, p, batch))
-        with rule.autocast():
-            local = self.stage_losses(p.outs, targets)
-        total = sum(local)
-        check_finite(total, "DTP stage loss", self.replicas)
-        total.backward()  # disjoint per-stage graphs: each loss reaches only its own stage
         self.steps_done[k] += learn_extra
-        log.update({f"target_loss/stage{span.start + j}": v.item() for j, v in enumerate(local)})
-        # How far each target moves its layer, relative to the activity (‖ĥ_l − h_l‖ / ‖h_l‖).
-        log.update({f"shift/stage{span.start + j}": ((t - h).norm() / h.norm().clamp_min(1e-12)).item()
-                    for j, (t, h) in enumerate(zip(targets, p.hs))})
+        log.update(stage_log)
         return Update(p.top, loss.item(), log)
+
+    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor) -> dict[str, float]:
+        """From the top stage down: stage l's loss against ĥ_l and its backward (which frees
+        stage l's graph), then ĥ_{l−1} from ĥ_l — the same targets and gradients as
+        :meth:`propagate_targets` + :meth:`stage_losses` (the per-stage graphs are
+        disjoint), with one target and ever fewer stage graphs alive. Returns the log:
+        'target_loss/stage{l}' and 'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖)."""
+        start = rule.spans[k].start
+        losses, shifts = {}, {}
+        target = top
+        for j in range(len(p.hs) - 1, -1, -1):
+            h = p.hs[j]
+            shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
+            if j == 0:  # the bottom target is needed no more: its storage becomes the error
+                losses[j] = self._learn_bottom_stage(p.outs[j], target)
+            else:
+                with rule.autocast():
+                    (local,) = self.stage_losses([p.outs[j]], [target])
+                check_finite(local, "DTP stage loss", self.replicas)
+                local.backward()
+                losses[j] = local.item()
+            p.outs[j] = h  # the graph is spent: keep the activity only
+            if j > 0:
+                with rule.autocast():
+                    target = self.target_below(k, j, p.hs, target)
+        log = {f"target_loss/stage{start + j}": losses[j] for j in sorted(losses)}
+        log.update({f"shift/stage{start + j}": shifts[j] for j in sorted(shifts)})
+        return log
 
     def get_extra_state(self):
         return {"steps_done": list(self.steps_done),

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 18's table: step time and peak memory of every layer-wise and simultaneous-local
+# cell (every greedy stage) and of DTP against e2e-bp, on conv6 (Bio-SSL Table 1) and vgg6
+# (Table 2), at batch 256 and 500, measured in one process per encoder (ratios per batch).
+#   bash benchmarks/depth.sh                                  # CPU, 1 thread, random inputs
+#   bash benchmarks/depth.sh --set train.channels_last=true   # CPU channels-last (faster)
+#   bash benchmarks/depth.sh --set train.device=cuda          # a GPU (memory: max allocated)
+# Extra arguments go to both `biossl bench` calls. On a 2-core CPU the conv6 call takes
+# about an hour at 1 thread; vgg6 at 64×64 with 1024 channels needs a GPU (batch 500 is
+# ~30 GB of activations for e2e-bp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src
+fb="transport.name=urf transport.diagnostics_every=0"
+common=(--batch 256 --batch 500 --steps 6 --warmup 1 --set train.threads=1)
+python -m biossl bench biossl-t1 \
+  "biossl-t1@all schedule.name=greedy train.epochs=5 $fb" \
+  "biossl-t1 schedule.name=random $fb" \
+  "biossl-t1 schedule.name=simultaneous $fb" \
+  "biossl-t1-dtp transport.diagnostics_every=0 transport.inverse_warmup=0" \
+  "${common[@]}" --out results/bench-depth-conv6.json "$@"
+python -m biossl bench biossl-t2 \
+  "biossl-t2@all schedule.name=greedy train.epochs=6 $fb" \
+  "biossl-t2 schedule.name=random $fb" \
+  "biossl-t2 schedule.name=simultaneous $fb" \
+  "${common[@]}" --out results/bench-depth-vgg6.json "$@"

@@ -1,0 +1,146 @@
+"""What a step keeps alive (issue 18): the memory properties of the encoders' layers and of
+the rules' steps that a change could break. Counted with autograd's saved-tensor hooks, not
+timed or measured by the process's memory."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biossl.assemble import assemble
+from biossl.config import load_config
+from biossl.encoders.layers import InPlaceHardtanh, MaxPool2d, MaxPool3d, conv_stage
+
+TINY = ["data.name=digits", "encoder.channels=[4,8,8]", "encoder.pool=[true,true,false]",
+        "train.batch_size=16", "train.threads=1", "train.device=cpu"]
+
+
+class Saved:
+    """The tensors autograd saves for backward while the context is open (by storage)."""
+
+    def __init__(self):
+        self.storages: dict[int, tuple[int, tuple, torch.dtype]] = {}
+        self.maps: list[tuple[tuple, torch.dtype]] = []
+        """Every saved tensor of ≥ 3 dims (the maps), in order."""
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    def pack(self, t):
+        st = t.untyped_storage()
+        self.storages[st.data_ptr()] = (st.nbytes(), tuple(t.shape), t.dtype)
+        if t.dim() >= 3:
+            self.maps.append((tuple(t.shape), t.dtype))
+        return t
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+
+    def holds(self, t: torch.Tensor) -> bool:
+        return t.untyped_storage().data_ptr() in self.storages
+
+
+def test_a_conv_stage_keeps_its_input_the_activation_and_pool_indices_only():
+    """conv → hardtanh → max-pool: the graph holds the stage input, one map (the in-place
+    activation's output) and the pool's indices; not the conv output twice, nor the pool's
+    input (torch's own hardtanh_ and max-pool keep those)."""
+    torch.manual_seed(0)
+    stage = conv_stage(3, 8, act="hardtanh", pool=True)
+    x = torch.randn(4, 3, 10, 10)
+    with Saved() as saved:
+        y = stage(x)
+    maps = [(shape, dtype) for _, shape, dtype in saved.storages.values() if len(shape) == 4]
+    assert sorted(maps, key=str) == sorted([((4, 3, 10, 10), torch.float32), ((8, 3, 3, 3), torch.float32),
+                                            ((4, 8, 10, 10), torch.float32), ((4, 8, 5, 5), torch.int64)], key=str)
+    assert y.shape == (4, 8, 5, 5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_lean_layers_give_torchs_values_and_gradients(channels_last):
+    x = torch.randn(3, 4, 9, 8, dtype=torch.float64) * 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref = F.max_pool2d(F.hardtanh(a * 1.0), 2)
+    out = MaxPool2d(2)(InPlaceHardtanh()(b * 1.0))
+    ref.backward(g)
+    out.backward(g)
+    assert torch.equal(ref, out) and torch.equal(a.grad, b.grad)
+    # 3-D with overlapping windows (the video encoder's pool): a unit may win twice
+    v = torch.randn(2, 3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = v.detach().clone().requires_grad_()
+    g3 = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
+    F.max_pool3d(v, (1, 3, 3), (1, 2, 2), (0, 1, 1)).backward(g3)
+    MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))(w).backward(g3)
+    assert torch.allclose(v.grad, w.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["greedy", "random"])
+def test_a_layerwise_step_keeps_no_lower_stage_graph(schedule):
+    """A layer-wise step saves for backward exactly what the trained stage and its head save
+    on their own, given the stage's input: no weight and no map of the frozen stages."""
+    from biossl.rules.transports.base import run_segment
+    asm = assemble(load_config("fmnist-gll-hinge", TINY + [f"schedule.name={schedule}", "train.epochs=3",
+                                                         "transport.name=urf", "transport.diagnostics_every=0"]))
+    rule = asm.rule
+    rule.start_epoch(2)  # greedy: the top stage
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    trained = set()
+    for _ in range(6):  # random: several draws of the trained stage
+        batch = asm.recipe(x, torch.Generator().manual_seed(0))
+        with Saved() as step:
+            k = int(rule.step(batch)["stage"])
+        trained.add(k)
+        for i, stage in enumerate(rule.encoder.stages):  # W, or B under random feedback
+            held = any(step.holds(t) for t in [*stage.parameters(), *stage.buffers()])
+            assert held == (i == k), (k, i)
+        with Saved() as alone:
+            rule.objectives[k](run_segment(rule, k, rule.frozen_input(k, batch), batch), batch)
+        assert step.maps == alone.maps
+    assert trained == {2} if schedule == "greedy" else len(trained) > 1
+
+
+def test_dtp_targets_carry_no_graph_and_each_stage_graph_stays_in_its_stage():
+    asm = assemble(load_config("fmnist-dtp-hinge", TINY + ["transport.inverse_warmup=0",
+                                                           "transport.diagnostics_every=0"]))
+    rule, t = asm.rule, asm.rule.transport
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    batch = asm.recipe(x, torch.Generator().manual_seed(0))
+    p = t.forward_pass(rule, 0, batch.x, batch)
+    _, top = t.top_target(rule, 0, p, batch)
+    targets = t.propagate_targets(0, p.hs, top)
+    assert all(not tg.requires_grad and tg.grad_fn is None for tg in [top, *targets])
+
+    def leaves(fn, seen=None) -> set[int]:
+        seen = set() if seen is None else seen
+        if fn is None or fn in seen:
+            return set()
+        seen.add(fn)
+        found = {id(fn.variable)} if hasattr(fn, "variable") else set()
+        for nxt, _ in fn.next_functions:
+            found |= leaves(nxt, seen)
+        return found
+
+    for i, out in enumerate(p.outs):
+        assert leaves(out.grad_fn) == {id(q) for q in rule.encoder.stages[i].parameters()}, i
+
+
+def test_a_dtp_step_equals_its_pieces_in_the_official_order():
+    """The step frees its stage graphs before the inverses learn (official order): the
+    forward weights' gradients are still those of the targets from the previous inverses."""
+    over = TINY + ["transport.inverse_warmup=0", "transport.diagnostics_every=0",
+                   "transport.inverse_order=after_targets"]
+    a, b = assemble(load_config("fmnist-dtp-hinge", over)), assemble(load_config("fmnist-dtp-hinge", over))
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    batch = a.recipe(x, torch.Generator().manual_seed(0))
+    ta, tb = a.rule.transport, b.rule.transport
+    ta.gradients(a.rule, 0, batch.x, batch)
+    # the same by hand: targets with the untrained inverses, then the stage losses
+    p = tb.forward_pass(b.rule, 0, batch.x, batch)
+    _, top = tb.top_target(b.rule, 0, p, batch)
+    sum(tb.stage_losses(p.outs, tb.propagate_targets(0, p.hs, top))).backward()
+    for qa, qb in zip(a.rule.encoder.parameters(), b.rule.encoder.parameters()):
+        assert torch.allclose(qa.grad, qb.grad, rtol=1e-5, atol=1e-7)
