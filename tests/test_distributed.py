@@ -494,12 +494,13 @@ def test_torchrun_trains_end_to_end(tmp_path, recipe, extra):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_torchrun_sigterm_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("recipe,extra", [("fmnist-bp-hinge", []), ("fmnist-clapp", ["train.batch_size=16"])])
+def test_torchrun_sigterm_resume_equals_uninterrupted(tmp_path, recipe, extra):
     """SIGTERM to torchrun: every rank stops after the same step, rank 0 saves; the resumed
     run ends with the parameters of an uninterrupted 2-process run. Then a 1-process resume of
     a 2-process checkpoint continues it."""
-    args = ["fmnist-bp-hinge", *TINY, "data.train_subset=1024", "train.max_steps_per_epoch=30",
-            "train.epochs=2", "train.checkpoint_every=1000"]
+    args = [recipe, *TINY, "data.train_subset=1024", "train.max_steps_per_epoch=30",
+            "train.epochs=2", "train.checkpoint_every=1000", *extra]
     t0 = time.perf_counter()
     whole = _torchrun(*args, "--out", str(tmp_path / "whole"))
     t_whole = time.perf_counter() - t0

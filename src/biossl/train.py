@@ -436,6 +436,7 @@ class _Loop:
                            "images_per_s": bs / dt, "time": round(self.elapsed, 3)}
                     with self._finite():
                         row.update(rule.diagnostics())
+                    last_loss = row["loss"]  # a layer-parallel step's own loss may still lag a group
                     self._log(row)
                     if writer is not None:
                         for k, v in row.items():
