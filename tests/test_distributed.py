@@ -430,9 +430,11 @@ def test_batch_split_and_devices_are_checked():
     with pytest.raises(LaunchError, match=r"train.batch_size=64 is the global batch.*batch_size=63"):
         w.shard(64)
     assert w.device("auto", cuda_count=0) == torch.device("cpu")
-    assert w.device("cuda", cuda_count=2) == torch.device("cuda", 1)
-    with pytest.raises(LaunchError, match="has 1 GPU.*--nproc_per_node 1"):
-        w.device("cuda", cuda_count=1)
+    assert w.device("cuda", cuda_count=3) == torch.device("cuda", 1)
+    # too few GPUs: every rank refuses alike (rank 0, which has a GPU, too: it prints the error)
+    for rank in range(3):
+        with pytest.raises(LaunchError, match="has 2 GPU.*started 3 processes.*--nproc_per_node 2"):
+            World(rank=rank, size=3, local_rank=rank, local_size=3).device("cuda", cuda_count=2)
     with pytest.raises(LaunchError, match="picks its own device"):
         w.device("cuda:0", cuda_count=2)
     assert World().device("cuda:0") is None  # one process: resolved as always
@@ -451,6 +453,13 @@ def test_half_set_launch_is_refused_with_the_fix(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "MASTER_ADDR" in r.stderr and "torchrun --nproc_per_node" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_stray_rank_without_a_launch_is_refused_with_the_message(tmp_path):
+    """RANK=1 alone is no launch: that process's error is its own, so it prints it."""
+    r = _biossl("train", "fmnist-bp-hinge", "--out", str(tmp_path / "r"), extra_env={"RANK": "1"})
+    assert r.returncode == 2, r.stderr
+    assert "RANK is set but WORLD_SIZE is not" in r.stderr and "Traceback" not in r.stderr
 
 
 # ---- torchrun end to end ------------------------------------------------------------------

@@ -108,7 +108,7 @@ def _cmd_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = args.out or _default_out(cfg.name)
         summary = train(cfg, run_dir, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") != "0":  # one summary (and one probe table) per launch
+    if not _speaks():  # one summary (and one probe table) per launch
         return 0
     print(json.dumps(summary))
     if args.eval:
@@ -250,9 +250,19 @@ def _train_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _speaks() -> bool:
+    """Whether this process prints: rank 0 of a launch, or a process whose launch environment
+    is malformed (its error is its own: no other rank prints it)."""
+    from biossl.distributed.launch import LaunchError, World
+    try:
+        return World.from_env().is_main
+    except LaunchError:
+        return True
+
+
 def _say(text: str) -> None:
     """An error line, printed once per launch (by rank 0; every process of it stops alike)."""
-    if os.environ.get("RANK", "0") == "0":
+    if _speaks():
         print(text, file=sys.stderr)
 
 

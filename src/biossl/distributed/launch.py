@@ -225,10 +225,10 @@ class World:
         if name == "cuda":
             if cuda_count == 0:
                 raise LaunchError("train.device=cuda but no CUDA device is available; use train.device=cpu")
-            if self.local_rank >= cuda_count:
+            if self.local_size > cuda_count:  # decided alike on every rank: rank 0 prints it
                 raise LaunchError(
-                    f"this node has {cuda_count} GPU(s) but the launch started more processes on it "
-                    f"(LOCAL_RANK={self.local_rank}); each process needs its own GPU. Fix: "
+                    f"this node has {cuda_count} GPU(s) but the launch started {self.local_size} "
+                    f"processes on it; each process needs its own GPU. Fix: "
                     f"--nproc_per_node {cuda_count} (or fewer), or train.device=cpu")
             return torch.device("cuda", self.local_rank)
         raise LaunchError(f"train.device={name!r} under a launch of {self.size} processes: each "
