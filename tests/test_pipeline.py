@@ -168,6 +168,9 @@ def test_two_stage_groups_equal_the_sequential_rule(tmp_path, config, overrides)
         else:  # group 0's own stages are exact in every row; later ones are the newest reported
             for got_row, row in zip(run["rows"], rows):
                 assert got_row["loss/stage0"] == pytest.approx(row["loss/stage0"], rel=1e-12)
+                # every stage's loss in every row, the first included: replicas agree on the
+                # keys of each step's row in one all_reduce (World.agree)
+                assert got_row.keys() == row.keys()
 
 
 @pytest.mark.slow

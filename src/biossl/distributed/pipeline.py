@@ -262,7 +262,9 @@ class StagePipeline:
         self._collect(self.sent + 1 - self.max_in_flight)
         self._forward(_header(self.device, STEP, batch, x), x)
         self.sent += 1
-        self._collect(self.sent if self.sync else -1)
+        # async waits for the first step too: from it on every segment has a loss, so every
+        # replica's row has the same keys (the loop's per-step all_reduce is over them)
+        self._collect(self.sent if self.sync or self.sent == 1 else -1)
         self._stop_if_failed()
         out = {f"loss/stage{k}": v for k, v in sorted(self.latest.items())}
         out.update(log)
