@@ -30,6 +30,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from global_batch import global_batch
 from runproc import env as proc_env
 from runproc import needs_fmnist, wait_until
 
@@ -82,14 +83,7 @@ def _rank_views(family: str, step: int, rank: int):
 
 def _global_views(family: str, step: int):
     """The 1-process batch: the ranks' views concatenated in the global batch's order."""
-    from biossl.views.batch import ViewBatch
-    parts = [_rank_views(family, step, r) for r in range(WORLD)]
-    first = parts[0]
-    if first.kind == "pairs":
-        x = torch.cat([p.x[: p.n] for p in parts] + [p.x[p.n:] for p in parts])
-    else:
-        x = torch.cat([p.x for p in parts])
-    return ViewBatch(x, sum(p.n for p in parts), first.kind, first.grid)
+    return global_batch([_rank_views(family, step, r) for r in range(WORLD)])
 
 
 def _train_rule(family: str, replicas=None, poison_rank: int | None = None) -> dict:

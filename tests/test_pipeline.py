@@ -20,7 +20,7 @@ from biossl.distributed.launch import World
 from biossl.distributed.pipeline import StagePipeline, part_diagnostics, refusal, serve
 from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops, update_seconds
 from biossl.rules.base import NonFiniteLoss
-from biossl.views.batch import ViewBatch
+from global_batch import global_batch
 from runproc import env, needs_fmnist, run, wait_until
 
 CLAPP = ["encoder.channels=[4,8,8]", "train.batch_size=6", "objective.steps=3"]
@@ -49,16 +49,6 @@ def build(config: str, overrides: list[str], steps: int, replicas: int = 1):
             shards.append(b)
         batches.append(shards if replicas > 1 else shards[0])
     return rule, batches
-
-
-def global_batch(shards: list[ViewBatch]) -> ViewBatch:
-    """The one-process batch of the replicas' shards (docs/distributed.md, "The global batch")."""
-    first = shards[0]
-    if first.kind == "pairs":
-        x = torch.cat([b.x[:b.n] for b in shards] + [b.x[b.n:] for b in shards])
-    else:
-        x = torch.cat([b.x for b in shards])
-    return ViewBatch(x, sum(b.n for b in shards), first.kind, first.grid)
 
 
 def _free_port() -> int:
