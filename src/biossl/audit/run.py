@@ -101,7 +101,9 @@ def _audit(cfg: RunConfig, batch: int, device: str, prepare) -> AuditReport:
         if b.numel():
             rec.register(b, "buffer", n)
     rec.register(labels, "labels", "labels")
-    epochs_plan = schedule_positions(rule)
+    # every phase's first epoch (greedy: each stage's turn); the audit steps at them in turn
+    # until every group of the network has been updated (random draws get extra steps)
+    epochs_plan = rule.schedule.positions()
     extra = 4 * len(rule.spans) + 4
     batches = [make_batch() for _ in range(len(epochs_plan) + extra)]
     for b in batches:
@@ -115,7 +117,7 @@ def _audit(cfg: RunConfig, batch: int, device: str, prepare) -> AuditReport:
                 have = {u.group for u in obs.updates}
                 if done and wanted <= have:  # every group of the network has been updated
                     break
-                e = epochs_plan[i] if i < len(epochs_plan) else epochs_plan[i % len(epochs_plan)]
+                e = epochs_plan[i % len(epochs_plan)]
                 rule.start_epoch(e)
                 rule.step(b)
                 done.append(e)
@@ -194,14 +196,6 @@ def parameter_names(rule):
     if not any(g == "transport" for g in groups.values()):
         network.pop("transport")
     return names, groups, network
-
-
-def schedule_positions(rule) -> list[int]:
-    """Epochs at which every segment's turn comes (greedy: each stage's first epoch); the
-    audit steps at them in turn until every group of the network has been updated (one step
-    for schedules that update every stage every step; random draws get extra steps)."""
-    e, s = rule.num_epochs(), len(rule.spans)
-    return sorted({min(e - 1, i * e // s) for i in range(s)})
 
 
 def capture_updates(rule, obs: Observations, names, groups):
