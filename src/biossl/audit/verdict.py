@@ -116,6 +116,7 @@ def config_conditions(groups: list[GroupAudit], obs: Observations) -> dict[str, 
         out["iii"] = Condition(False, ([] if out["iii"].holds else out["iii"].evidence) + shared)
     label_losses = [v for v in obs.losses if v.labels]
     if label_losses:
-        out["iv"] = Condition(False, out["iv"].evidence + [f"{len(label_losses)} differentiated loss(es) "
-                                                           f"computed from the labels"])
+        # the groups' "holds for all" would contradict the verdict: kept only when some failed
+        out["iv"] = Condition(False, ([] if out["iv"].holds else out["iv"].evidence)
+                              + [f"{len(label_losses)} differentiated loss(es) computed from the labels"])
     return out
