@@ -417,6 +417,15 @@ def test_launch_environment_is_checked():
         World.from_env({"WORLD_SIZE": "two"})
 
 
+def test_resume_command_fits_the_launch():
+    from biossl.distributed.launch import World
+    assert World().resume_command("runs/a") == "biossl train --resume runs/a"
+    assert World(rank=1, size=4, local_rank=1, local_size=4).resume_command("r") == \
+        "biossl train --nproc 4 --resume r"
+    several_nodes = World(rank=5, size=8, local_rank=1, local_size=4).resume_command("r")
+    assert "torchrun" in several_nodes and "--nproc" not in several_nodes  # --nproc is one node
+
+
 def test_batch_split_and_devices_are_checked():
     from biossl.distributed.launch import LaunchError, World
     w = World(rank=1, size=3, local_rank=1, local_size=3)

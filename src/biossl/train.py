@@ -356,9 +356,8 @@ class _Loop:
         else:
             saved = "nothing was saved yet (no step had finished)"
         how = "second " if second else ""
-        launch = f"--nproc {self.world.size} " if self.world.distributed else ""
-        hint = (f"Continue with: biossl train {launch}--resume {q(self.run_dir)}" if self.saved_step is not None
-                else f"Start it again with: biossl train {launch}--resume {q(self.run_dir)}")
+        again = self.world.resume_command(q(self.run_dir))
+        hint = (f"Continue with: {again}" if self.saved_step is not None else f"Start it again with: {again}")
         return TrainingInterrupted(f"{how}{name}: stopped at {where}; {saved}. {hint}", signum)
 
     def _diverged(self, reason: str) -> TrainingDiverged:

@@ -163,6 +163,16 @@ class World:
         makes the views and (stage_groups > 1) drives its replica's later stage groups."""
         return self.layout.group == 0
 
+    def resume_command(self, run_dir: str) -> str:
+        """The command that continues a run of this launch (same number of processes: the
+        views then resume exactly). Several nodes: the same torchrun line on each."""
+        if not self.distributed:
+            return f"biossl train --resume {run_dir}"
+        if self.local_size == self.size:
+            return f"biossl train --nproc {self.size} --resume {run_dir}"
+        return (f"torchrun … -m biossl train --resume {run_dir} (the same launch of {self.size} "
+                f"processes, on every node)")
+
     def arranged(self, stage_groups: int) -> "World":
         """This world placed as ``stage_groups`` × replicas (every rank calls it, after the
         config is shared: it forms the replicas' process groups). Refuses a world the stage
