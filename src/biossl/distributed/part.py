@@ -49,7 +49,7 @@ def take_part(world: World, cfg: RunConfig) -> Iterator[Part]:
         return
     from biossl.distributed.pipeline import StagePipeline, refusal
     from biossl.distributed.stage_split import group_ranges
-    problem = refusal(rule, groups, world.size)
+    problem = refusal(rule, groups)
     if problem is not None:  # the same on every rank: each stops with it
         raise ConfigError(problem)
     split = world.from_main(lambda: _split(cfg, asm, world, shard))  # measured before distribute: no collectives

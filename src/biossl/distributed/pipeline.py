@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from biossl.distributed.launch import Layout, replica_groups  # noqa: F401  (re-exported)
+from biossl.distributed.launch import Layout
 from biossl.rules.base import NonFiniteLoss
 from biossl.rules.diagnostics import feedback_report, named_feedback_layers
 from biossl.rules.schedules.simultaneous import Simultaneous
@@ -61,8 +61,9 @@ HEADER = 12
 
 
 # --------------------------------------------------------------------------- refusals
-def refusal(rule, groups: int, world: int) -> str | None:
-    """Why ``rule`` cannot be trained as ``groups`` stage groups by ``world`` processes."""
+def refusal(rule, groups: int) -> str | None:
+    """Why ``rule`` cannot be trained as ``groups`` stage groups (a number of processes they
+    do not divide is ``World.arranged``'s refusal, before any rule is built)."""
     if not isinstance(rule.schedule, Simultaneous):
         from biossl.rules.rule import schedule_name
         return (f"parallel.stage_groups={groups} trains stage groups in separate processes, which "
@@ -72,10 +73,6 @@ def refusal(rule, groups: int, world: int) -> str | None:
     if groups > len(rule.spans):
         return (f"parallel.stage_groups={groups} but the encoder has {len(rule.spans)} stages; "
                 f"use at most {len(rule.spans)} groups")
-    if world % groups:
-        return (f"torchrun started {world} processes, which parallel.stage_groups={groups} does not "
-                f"divide (the processes are stage_groups × replicas); use --nproc_per_node as a "
-                f"multiple of {groups}")
     if len(rule.optimizers) != len(rule.spans) or len(rule.transport.state_dict()):
         return ("the transport keeps state of its own outside the stages (e.g. targets' learned "
                 "inverses), which a stage group cannot own alone; use parallel.stage_groups=1")
