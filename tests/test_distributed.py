@@ -413,6 +413,10 @@ def test_launch_environment_is_checked():
     with pytest.raises(LaunchError, match="outside WORLD_SIZE"):
         World.from_env({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h",
                         "MASTER_PORT": "1"})
+    # without LOCAL_WORLD_SIZE (not torchrun) the node holds at least this rank's processes
+    w = World.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
+                        "MASTER_PORT": "1"})
+    assert w.local_size == 2 and w.device("cuda", cuda_count=2) == torch.device("cuda", 1)
     with pytest.raises(LaunchError, match="not an integer"):
         World.from_env({"WORLD_SIZE": "two"})
 

@@ -140,7 +140,8 @@ class World:
         rank, local = _int(env, "RANK"), _int(env, "LOCAL_RANK")
         if not 0 <= rank < size:
             raise LaunchError(f"RANK={rank} is outside WORLD_SIZE={size} (0…{size - 1}); {HOW}")
-        local_size = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else size
+        # torchrun sets it; another launcher may not: then at least this rank's own processes
+        local_size = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else local + 1
         return cls(rank, size, local, local_size)
 
     # ---- who does what ----------------------------------------------------------------
