@@ -32,8 +32,8 @@ import torch.multiprocessing as mp
 from biossl.assemble import assemble
 from biossl.config import apply_overrides, build_config, load_raw
 from biossl.distributed.launch import Layout, World
-from biossl.distributed.pipeline import StagePipeline, build_pipeline, serve
-from biossl.distributed.stage_split import group_ranges, update_flops
+from biossl.distributed.pipeline import StagePipeline, serve
+from biossl.distributed.stage_split import chosen_split, group_ranges, update_flops
 
 
 def _config(args):
@@ -73,7 +73,7 @@ def _worker(rank: int, port: int, args, out: str) -> None:
         box = [None]
         if rank == 0:
             batches = _batches(asm, args.warmup + args.steps, cfg.train.batch_size)
-            box = [[r.start for r in build_pipeline(asm.rule, cfg.parallel, layout, batches[0])[1:]]]
+            box = [chosen_split(asm.rule, cfg.parallel.split, layout.groups, batches[0])]
         dist.broadcast_object_list(box, src=0)
         ranges = group_ranges(len(asm.rule.spans), box[0])
         if rank:

@@ -18,7 +18,8 @@ from biossl.assemble import assemble
 from biossl.config import ConfigError, load_config
 from biossl.distributed.launch import World
 from biossl.distributed.pipeline import StagePipeline, part_diagnostics, refusal, serve
-from biossl.distributed.stage_split import balanced_split, group_ranges, update_flops, update_seconds
+from biossl.distributed.stage_split import (balanced_split, chosen_split, group_ranges, update_flops,
+                                            update_seconds)
 from biossl.rules.base import NonFiniteLoss
 from global_batch import global_batch
 from runproc import env, needs_fmnist, run, wait_until
@@ -238,6 +239,11 @@ def test_balanced_split_and_stage_costs():
         assert all(p.grad is None for p in rule.parameters())
     with pytest.raises(ValueError, match="non-empty"):
         group_ranges(3, [0])
+    # parallel.split as given, checked against the encoder; None: measured (3 stages → 2 groups)
+    assert chosen_split(rule, [1], 2, None) == [1]
+    with pytest.raises(ValueError, match="non-empty"):
+        chosen_split(rule, [3], 2, None)
+    assert chosen_split(rule, None, 2, batches[0]) in ([1], [2])
 
 
 def test_refusals_name_the_fix():

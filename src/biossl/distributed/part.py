@@ -70,7 +70,7 @@ def _split(cfg: RunConfig, asm: Assembly, world: World, shard: int) -> list[int]
     """Where groups 2… start: ``parallel.split``, or the split balancing the stages' update
     times measured on a batch of the run's shape (random images: the time does not depend on
     their values; measured before any data is read, so a data error cannot strand a group)."""
-    from biossl.distributed.pipeline import build_pipeline
+    from biossl.distributed.stage_split import chosen_split
     from biossl.seeds import generator
     sample = None
     if cfg.parallel.split is None:
@@ -78,10 +78,9 @@ def _split(cfg: RunConfig, asm: Assembly, world: World, shard: int) -> list[int]
                                generator=torch.Generator().manual_seed(0)).to(asm.device)
         sample = asm.recipe(images, generator(cfg.train.seed, "views", device=asm.device))
     try:
-        ranges = build_pipeline(asm.rule, cfg.parallel, world.layout, sample)
+        return chosen_split(asm.rule, cfg.parallel.split, world.stage_groups, sample)
     except ValueError as e:  # a parallel.split that does not fit this encoder
         raise ConfigError(str(e)) from None
-    return [r.start for r in ranges[1:]]
 
 
 def _follow(rule, layout, ranges, par) -> dict:

@@ -469,13 +469,3 @@ def serve(rule, layout: Layout, ranges: Sequence[range], mode: str = "async",
             return steps
         else:
             raise RuntimeError(f"stage group {layout.group}: unknown pipeline operation {op}")
-
-
-def build_pipeline(rule, cfg_parallel, layout: Layout, sample: ViewBatch | None):
-    """The stage ranges of every group: ``parallel.split``, or the split that balances the
-    stages' update times measured on ``sample`` (by the one rank that decides)."""
-    from biossl.distributed.stage_split import balanced_split, group_ranges, update_seconds
-    split = cfg_parallel.split
-    if split is None:
-        split = balanced_split(update_seconds(rule, sample), layout.groups)
-    return group_ranges(len(rule.spans), split)

@@ -36,6 +36,16 @@ def balanced_split(costs: Sequence[float], groups: int) -> list[int]:
     return best
 
 
+def chosen_split(rule, split: Sequence[int] | None, groups: int, sample: ViewBatch | None) -> list[int]:
+    """Where groups 2… start: ``split`` (``parallel.split``; ValueError when it does not fit
+    the encoder), or the split that balances the stages' update times measured on ``sample``
+    (by the one rank that decides)."""
+    if split is None:
+        split = balanced_split(update_seconds(rule, sample), groups)
+    group_ranges(len(rule.spans), split)
+    return list(split)
+
+
 def group_ranges(stages: int, split: Sequence[int]) -> list[range]:
     """Stage ranges of the groups given where groups 2… start (``parallel.split``)."""
     bounds = [0, *split, stages]
