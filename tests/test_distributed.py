@@ -575,3 +575,4 @@ def test_nproc_convenience_launches_torchrun(tmp_path):
                   "train.epochs=1", "--out", str(tmp_path / "bad"))
     assert bad.returncode != 0
     assert "train.batch_size=32 is the global batch" in bad.stderr and bad.stderr.count("global batch, shared") == 1
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr  # refused before torchrun starts

@@ -70,12 +70,15 @@ def _launch_train(args) -> int:
     """``biossl train --nproc N …``: the same command under torchrun (N processes, one node);
     --eval runs here afterwards, once."""
     from biossl.config import load_config
-    from biossl.distributed.launch import run_torchrun
+    from biossl.distributed.launch import check_launch, run_torchrun
     rest = list(args.train_argv)
     run_dir = args.resume or args.out
-    if not run_dir and args.config and not args.resume:  # one name for every process
-        run_dir = str(_default_out(load_config(args.config, args.overrides).name))
-        rest += ["--out", run_dir]
+    if args.config and not args.resume:  # a config the launch cannot run fails here, once
+        cfg = load_config(args.config, args.overrides)
+        check_launch(args.nproc, cfg.parallel.stage_groups, cfg.train.batch_size)
+        if not run_dir:  # one name for every process
+            run_dir = str(_default_out(cfg.name))
+            rest += ["--out", run_dir]
     code = run_torchrun(args.nproc, [a for a in rest if a != "--eval"])
     if code == 0 and args.eval:
         return _eval(run_dir, [])

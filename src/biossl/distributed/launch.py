@@ -353,6 +353,16 @@ def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
             str(nproc), "-m", "biossl", "train", *train_args]
 
 
+def check_launch(nproc: int, stage_groups: int, batch_size: int) -> None:
+    """The refusals a launch of ``nproc`` processes would give every rank (stage groups that do
+    not divide it, a global batch its replicas cannot share), checked before any process starts:
+    ``biossl train --nproc`` then fails with one message and exit 2 instead of a failed launch."""
+    world = World(size=nproc)
+    if nproc % stage_groups:
+        world.arranged(stage_groups)  # raises the launch's own refusal
+    replace(world, stage_groups=stage_groups).shard(batch_size)
+
+
 def run_torchrun(nproc: int, train_args: list[str]) -> int:
     """Run the launch and wait; SIGINT/SIGTERM reach it once (torchrun passes them on to every
     process, which then stop after the same step and save). Returns its exit status."""
