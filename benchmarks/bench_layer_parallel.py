@@ -39,7 +39,7 @@ from biossl.distributed.stage_split import chosen_split, group_ranges, update_fl
 def _config(args):
     overrides = list(args.overrides) + ["parallel.stage_groups=2", "train.device=cpu", "train.threads=1"]
     if args.split is not None:
-        overrides.append(f"parallel.split=[{args.split}]")
+        overrides.append(f"parallel.group_starts=[{args.split}]")
     return build_config(apply_overrides(load_raw(args.config), overrides))
 
 
@@ -73,7 +73,7 @@ def _worker(rank: int, port: int, args, out: str) -> None:
         box = [None]
         if rank == 0:
             batches = _batches(asm, args.warmup + args.steps, cfg.train.batch_size)
-            box = [chosen_split(asm.rule, cfg.parallel.split, layout.groups, batches[0])]
+            box = [chosen_split(asm.rule, cfg.parallel.group_starts, layout.groups, batches[0])]
         dist.broadcast_object_list(box, src=0)
         ranges = group_ranges(len(asm.rule.spans), box[0])
         if rank:
@@ -135,7 +135,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--split", type=int, default=None,
-                    help="first stage of the second group (default: parallel.split, else balanced times)")
+                    help="first stage of the second group (default: parallel.group_starts, else balanced times)")
     ap.add_argument("--out", default="results/bench_layer_parallel.json")
     ap.add_argument("overrides", nargs="*", help="key=value overrides (e.g. parallel.pipeline=sync)")
     args = ap.parse_args()

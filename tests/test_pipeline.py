@@ -239,7 +239,7 @@ def test_balanced_split_and_stage_costs():
         assert all(p.grad is None for p in rule.parameters())
     with pytest.raises(ValueError, match="non-empty"):
         group_ranges(3, [0])
-    # parallel.split as given, checked against the encoder; None: measured (3 stages → 2 groups)
+    # parallel.group_starts as given, checked against the encoder; None: measured (3 stages → 2 groups)
     assert chosen_split(rule, [1], 2, None) == [1]
     with pytest.raises(ValueError, match="non-empty"):
         chosen_split(rule, [3], 2, None)
@@ -253,7 +253,7 @@ def test_refusals_name_the_fix():
     assert "at most 3 groups" in refusal(rule, 4)
     assert refusal(rule, 2) is None  # processes the groups do not divide: World.arranged (below)
     with pytest.raises(ConfigError, match="ascending"):
-        load_config("fmnist-clapp", ["parallel.stage_groups=3", "parallel.split=[2,1]"])
+        load_config("fmnist-clapp", ["parallel.stage_groups=3", "parallel.group_starts=[2,1]"])
 
 
 def test_stage_groups_times_replicas_placement():

@@ -143,7 +143,7 @@ class ParallelConfig:
     stage_groups: PositiveInt = 1
     """Layer-parallel: consecutive groups of encoder stages, each trained by its own process
     (1: every process holds the whole encoder, plain data parallel)."""
-    split: list[PositiveInt] | None = None
+    group_starts: list[PositiveInt] | None = None
     """Layer-parallel: where the stage groups start, as the first stage of every group but the
     first, ascending (``[2]`` on a 3-stage encoder: stages 0–1 | 2); None: the split that
     balances the groups' measured time per training step (measured once at start-up)."""
@@ -156,12 +156,12 @@ class ParallelConfig:
     one has not finished (bounds the memory of queued activations)."""
 
     def validate(self) -> None:
-        if self.split is not None:
-            if len(self.split) != self.stage_groups - 1:
-                raise ValueError(f"parallel.split lists where groups 2…{self.stage_groups} start: it "
-                                 f"needs {self.stage_groups - 1} stage index(es), got {self.split}")
-            if any(b <= a for a, b in zip(self.split, self.split[1:])):
-                raise ValueError(f"parallel.split must be ascending, got {self.split}")
+        if self.group_starts is not None:
+            if len(self.group_starts) != self.stage_groups - 1:
+                raise ValueError(f"parallel.group_starts lists where groups 2…{self.stage_groups} start: it "
+                                 f"needs {self.stage_groups - 1} stage index(es), got {self.group_starts}")
+            if any(b <= a for a, b in zip(self.group_starts, self.group_starts[1:])):
+                raise ValueError(f"parallel.group_starts must be ascending, got {self.group_starts}")
 
 
 @dataclass

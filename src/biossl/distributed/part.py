@@ -9,7 +9,7 @@ places the ranks). One entry for both modes:
   stage group. Group 0 of each replica runs the training loop on a
   :class:`~biossl.distributed.pipeline.StagePipeline` (it reads the replica's shard of every
   global batch); the later groups :func:`~biossl.distributed.pipeline.serve` until it stops
-  them. Where the encoder is cut is rank 0's decision (``parallel.split``, or the split that
+  them. Where the encoder is cut is rank 0's decision (``parallel.group_starts``, or the split that
   balances the stages' measured update times), shared like the config.
 """
 from __future__ import annotations
@@ -67,19 +67,19 @@ def take_part(world: World, cfg: RunConfig) -> Iterator[Part]:
 
 
 def _split(cfg: RunConfig, asm: Assembly, world: World, shard: int) -> list[int]:
-    """Where groups 2… start: ``parallel.split``, or the split balancing the stages' update
+    """Where groups 2… start: ``parallel.group_starts``, or the split balancing the stages' update
     times measured on a batch of the run's shape (random images: the time does not depend on
     their values; measured before any data is read, so a data error cannot strand a group)."""
     from biossl.distributed.stage_split import chosen_split
     from biossl.seeds import generator
     sample = None
-    if cfg.parallel.split is None:
+    if cfg.parallel.group_starts is None:
         images = torch.randint(0, 256, (shard, *asm.spec.image_shape), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0)).to(asm.device)
         sample = asm.recipe(images, generator(cfg.train.seed, "views", device=asm.device))
     try:
-        return chosen_split(asm.rule, cfg.parallel.split, world.stage_groups, sample)
-    except ValueError as e:  # a parallel.split that does not fit this encoder
+        return chosen_split(asm.rule, cfg.parallel.group_starts, world.stage_groups, sample)
+    except ValueError as e:  # a parallel.group_starts that does not fit this encoder
         raise ConfigError(str(e)) from None
 
 

@@ -37,7 +37,7 @@ def balanced_split(costs: Sequence[float], groups: int) -> list[int]:
 
 
 def chosen_split(rule, split: Sequence[int] | None, groups: int, sample: ViewBatch | None) -> list[int]:
-    """Where groups 2… start: ``split`` (``parallel.split``; ValueError when it does not fit
+    """Where groups 2… start: ``split`` (``parallel.group_starts``; ValueError when it does not fit
     the encoder), or the split that balances the stages' update times measured on ``sample``
     (by the one rank that decides)."""
     if split is None:
@@ -47,10 +47,10 @@ def chosen_split(rule, split: Sequence[int] | None, groups: int, sample: ViewBat
 
 
 def group_ranges(stages: int, split: Sequence[int]) -> list[range]:
-    """Stage ranges of the groups given where groups 2… start (``parallel.split``)."""
+    """Stage ranges of the groups given where groups 2… start (``parallel.group_starts``)."""
     bounds = [0, *split, stages]
     if any(b <= a for a, b in zip(bounds, bounds[1:])):
-        raise ValueError(f"parallel.split={list(split)} does not cut {stages} stages into "
+        raise ValueError(f"parallel.group_starts={list(split)} does not cut {stages} stages into "
                          f"{len(split) + 1} non-empty groups: give ascending stage indices in 1…{stages - 1}")
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
