@@ -17,19 +17,39 @@ from __future__ import annotations
 import contextlib
 import signal
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
 from biossl.assemble import Assembly, assemble
 from biossl.config import ConfigError, RunConfig
 from biossl.distributed.launch import World
+from biossl.encoders.base import StageStack
+from biossl.rules.schedules.base import Schedule
+from biossl.views.batch import ViewBatch
+
+
+class Trainable(Protocol):
+    """What the training loop (biossl.train, biossl.resume) uses of what it drives: a
+    :class:`~biossl.rules.rule.Rule`, or a StagePipeline standing in for one on stage group 0."""
+    optimizers: list[torch.optim.Optimizer]
+    schedule: Schedule
+    encoder: StageStack
+
+    def num_epochs(self) -> int: ...
+    def encoder_frozen_steps(self) -> int: ...
+    def train(self, mode: bool = True): ...
+    def start_epoch(self, epoch: int) -> None: ...
+    def step(self, batch: ViewBatch) -> dict[str, float]: ...
+    def diagnostics(self) -> dict[str, float]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict): ...
 
 
 @dataclass
 class Part:
     asm: Assembly
-    rule: object
+    rule: Trainable
     """What the training loop drives: the rule, or the StagePipeline over this replica's groups."""
     serve: Callable[[], dict] | None = None
     """A later stage group: what it runs instead of the training loop (None: it runs the loop)."""

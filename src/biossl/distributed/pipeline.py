@@ -189,7 +189,8 @@ class _Sends:
 
 # --------------------------------------------------------------------------- group 0
 class StagePipeline:
-    """What the training loop drives, in place of the rule, on the rank holding stage group 0:
+    """What the training loop drives (biossl.distributed.part.Trainable), in place of the rule,
+    on the rank holding stage group 0:
     ``step(batch)`` trains group 0's stages and hands their output on; the other groups
     follow in their own processes (:func:`serve`). ``state_dict()`` is the sequential rule's
     complete state at the current step (gathered), ``load_state_dict`` restores it in every
