@@ -70,7 +70,7 @@ def _launch_train(args) -> int:
     """``biossl train --nproc N …``: the same command under torchrun (N processes, one node);
     --eval runs here afterwards, once."""
     from biossl.config import load_config
-    from biossl.distributed.launch import check_launch, run_torchrun
+    from biossl.distributed.launcher import check_launch, run_torchrun
     rest = list(args.train_argv)
     run_dir = args.resume or args.out
     if args.config and not args.resume:  # a config the launch cannot run fails here, once

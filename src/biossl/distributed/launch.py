@@ -1,7 +1,7 @@
 """The processes of one training run: who this process is, and what only one of them does.
 
 ``torchrun --nproc_per_node N -m biossl train CONFIG …`` (or ``biossl train --nproc N …``,
-which runs exactly that) starts N processes with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+which runs exactly that: biossl.distributed.launcher) starts N processes with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
 and MASTER_PORT in their environment. :meth:`World.from_env` reads them (a launch that sets
 some but not all is refused with the fix), :meth:`World.joined` forms the process group —
 gloo for CPU tensors, NCCL for CUDA tensors — and always leaves it cleanly (a process that
@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, TypeVar
 
@@ -347,45 +344,3 @@ def batchnorm_note(module: torch.nn.Module, world: World) -> str | None:
 
 
 # ---- biossl train --nproc N ---------------------------------------------------------------
-def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
-    """The launch ``biossl train --nproc N`` runs: torchrun, standalone (one node, a free port)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            str(nproc), "-m", "biossl", "train", *train_args]
-
-
-def check_launch(nproc: int, stage_groups: int, batch_size: int) -> None:
-    """The refusals a launch of ``nproc`` processes would give every rank (stage groups that do
-    not divide it, a global batch its replicas cannot share), checked before any process starts:
-    ``biossl train --nproc`` then fails with one message and exit 2 instead of a failed launch."""
-    world = World(size=nproc)
-    if nproc % stage_groups:
-        world.arranged(stage_groups)  # raises the launch's own refusal
-    replace(world, stage_groups=stage_groups).shard(batch_size)
-
-
-def run_torchrun(nproc: int, train_args: list[str]) -> int:
-    """Run the launch and wait; SIGINT/SIGTERM reach it once (torchrun passes them on to every
-    process, which then stop after the same step and save). Returns its exit status."""
-    if "WORLD_SIZE" in os.environ:
-        raise LaunchError("--nproc starts its own torchrun launch, but this process already runs "
-                          "under one (WORLD_SIZE is set); drop --nproc")
-    # its own session: a terminal's Ctrl-C reaches only this process, which passes it on once
-    proc = subprocess.Popen(torchrun_command(nproc, train_args), start_new_session=True)
-
-    got: list[int] = []
-
-    def forward(signum, frame):
-        got.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = proc.wait()
-        # torchrun exits 1 after passing a signal on; say what stopped the run, as one process does
-        return 128 + got[0] if got and code != 0 else code
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if proc.poll() is None:  # pragma: no cover - we are leaving on an exception
-            proc.kill()
