@@ -75,6 +75,13 @@ class TrainConfig:
     channels_last: bool = False
     """Use channels_last memory format for conv stacks (GPU; on the CPU it speeds up
     oneDNN's convolutions and max-pools too)."""
+    stage_chunks: PositiveInt = 1
+    """Rows of the batch in this many chunks when a segment learns by autograd (transports
+    bp, rf, urf, sign; every schedule): its forward without a graph gives the objective's
+    gradient at the segment's output, then each chunk's forward again and its backward with
+    that gradient's rows. The same gradients (up to summation order) for one more forward of
+    the trained stage(s), whose graph memory falls by this factor (issue 18); 1: off. Not for
+    encoders with batch statistics (BatchNorm) nor transports targets and explicit."""
     compile: bool = False
     """Wrap stages in torch.compile."""
     threads: PositiveInt | None = None

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.encoders.base import StageStack
 from biossl.rules.base import make_optimizer
+from biossl.rules.rows import run_rows
 from biossl.rules.diagnostics import (GradientAngleProbe, compare_gradients, feedback_report,
                                       named_feedback_layers)
 from biossl.rules.schedules.base import Schedule
@@ -45,6 +46,8 @@ class Rule(nn.Module):
         self.train_cfg = train
         self.encoder = encoder
         self.spans = schedule.spans(len(encoder))
+        self.row_chunks = _refuse_row_chunks(train.stage_chunks, transport, encoder)
+        """Chunks of rows in which a segment learning by autograd runs (train.stage_chunks)."""
         schedule.plan(train.epochs, len(encoder))
         self.objectives = nn.ModuleList(make_objective(span[-1]) for span in self.spans)
         for span, obj in zip(self.spans, self.objectives):
@@ -116,18 +119,9 @@ class Rule(nn.Module):
         start = self.spans[k].start
         if start == 0:
             return batch.x
-        views = batch.view_rows()
-        with torch.no_grad(), self.autocast():
-            if len(views) == 1:
-                return self.encoder.run(batch.x[views[0]], 0, start)
-            out = None
-            for rows in views:  # each view's map written into one output: no list, no cat
-                part = self.encoder.run(batch.x[rows], 0, start)
-                if out is None:
-                    out = _empty_like_rows(part, batch.x.shape[0])
-                out[rows] = part
-                del part
-        return out
+        with torch.no_grad(), self.autocast():  # each view's map written into one output
+            return run_rows(lambda rows: self.encoder.run(batch.x[rows], 0, start),
+                            batch.view_rows(), batch.x.shape[0])
 
     def update(self, k: int, x: Tensor, batch: ViewBatch) -> Update:
         """One complete update of segment ``k`` from its input ``x`` (detached here: the
@@ -206,12 +200,18 @@ class Rule(nn.Module):
             p.load_state(st)
 
 
-def _empty_like_rows(part: Tensor, rows: int) -> Tensor:
-    """An uninitialised tensor of ``rows`` rows shaped, typed and laid out like ``part``."""
-    channels_last = (part.dim() == 4 and not part.is_contiguous()
-                     and part.is_contiguous(memory_format=torch.channels_last))
-    return torch.empty((rows, *part.shape[1:]), dtype=part.dtype, device=part.device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+def _refuse_row_chunks(chunks: int, transport: Transport, encoder: StageStack) -> int:
+    if chunks == 1:
+        return 1
+    if not transport.row_chunked:
+        raise IncompatibleRule(f"train.stage_chunks={chunks} needs a transport learning by autograd "
+                               f"(bp, rf, urf, sign), not {transport_name(transport)}; use "
+                               f"train.stage_chunks=1")
+    if encoder.mixes_rows():
+        raise IncompatibleRule(f"train.stage_chunks={chunks}: this encoder has batch statistics "
+                               f"(BatchNorm), which chunks of rows would change; use "
+                               f"train.stage_chunks=1 or an encoder without batch norm")
+    return chunks
 
 
 def schedule_name(schedule: Schedule) -> str:
