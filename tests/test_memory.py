@@ -144,3 +144,81 @@ def test_a_dtp_step_equals_its_pieces_in_the_official_order():
     sum(tb.stage_losses(p.outs, tb.propagate_targets(0, p.hs, top))).backward()
     for qa, qb in zip(a.rule.encoder.parameters(), b.rule.encoder.parameters()):
         assert torch.allclose(qa.grad, qb.grad, rtol=1e-5, atol=1e-7)
+
+
+class LiveStageGraph:
+    """The bytes of the maps a stage's graph keeps alive, at their peak: tensors saved for
+    backward while an encoder stage runs, counted until autograd frees them — not the
+    parameters, nor the stage's input (alive anyway; a chunk's rows are a view of it)."""
+
+    def __init__(self, rule):
+        self.outside = {t.untyped_storage().data_ptr() for t in [*rule.parameters(), *rule.buffers()]}
+        self.live: dict[int, list[int]] = {}
+        self.now = self.peak = 0
+        self.inside = False
+        self.handles = [h for s in rule.encoder.stages for h in (
+            s.register_forward_pre_hook(self.enter),
+            s.register_forward_hook(lambda *a: setattr(self, "inside", False)))]
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda held: held.t)
+
+    def enter(self, stage, inputs):
+        self.inside = True
+        self.outside.add(inputs[0].untyped_storage().data_ptr())
+
+    def pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if not self.inside or ptr in self.outside:
+            return _Held(t, None)
+        if ptr not in self.live:
+            self.live[ptr] = [0, t.untyped_storage().nbytes()]
+            self.now += self.live[ptr][1]
+            self.peak = max(self.peak, self.now)
+        self.live[ptr][0] += 1
+        return _Held(t, (self, ptr))
+
+    def release(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[0] -= 1
+        if not entry[0]:
+            self.now -= entry[1]
+            del self.live[ptr]
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        for h in self.handles:
+            h.remove()
+
+
+class _Held:
+    def __init__(self, t, owner):
+        self.t, self.owner = t, owner
+
+    def __del__(self):
+        if self.owner is not None:
+            self.owner[0].release(self.owner[1])
+
+
+@pytest.mark.parametrize("schedule,stage", [("greedy", 0), ("greedy", 1), ("simultaneous", None)])
+@pytest.mark.parametrize("grad_block", [True, False])
+def test_stage_chunks_divide_the_trained_stages_live_graph(schedule, stage, grad_block):
+    """With train.stage_chunks=C the maps a trained stage's graph holds at once are 1/C of the
+    unchunked step's (rows divide evenly here), whatever the stage and the objective's
+    gradient block."""
+    def peak(chunks: int) -> int:
+        asm = assemble(load_config("fmnist-gll-hinge", TINY + [
+            f"schedule.name={schedule}", "train.epochs=3", "transport.name=urf", "transport.diagnostics_every=0",
+            f"train.stage_chunks={chunks}", f"objective.grad_block={str(grad_block).lower()}"]))
+        rule = asm.rule
+        rule.start_epoch(stage or 0)
+        batch = asm.recipe(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
+        with LiveStageGraph(rule) as graph:
+            rule.step(batch)
+        assert graph.now == 0 and graph.peak > 0   # every saved map freed by the step's end
+        return graph.peak
+
+    whole = peak(1)
+    assert peak(4) * 4 == whole
