@@ -147,9 +147,10 @@ def test_a_dtp_step_equals_its_pieces_in_the_official_order():
 
 
 class LiveStageGraph:
-    """The bytes of the maps a stage's graph keeps alive, at their peak: tensors saved for
-    backward while an encoder stage runs, counted until autograd frees them — not the
-    parameters, nor the stage's input (alive anyway; a chunk's rows are a view of it)."""
+    """The bytes of the maps a stage's and its head's graph keep alive, at their peak:
+    tensors saved for backward while an encoder stage or an objective's head runs, counted
+    until autograd frees them — not the parameters, nor the stage's input (alive anyway; a
+    chunk's rows are a view of it)."""
 
     def __init__(self, rule):
         self.outside = {t.untyped_storage().data_ptr() for t in [*rule.parameters(), *rule.buffers()]}
@@ -159,6 +160,9 @@ class LiveStageGraph:
         self.handles = [h for s in rule.encoder.stages for h in (
             s.register_forward_pre_hook(self.enter),
             s.register_forward_hook(lambda *a: setattr(self, "inside", False)))]
+        self.handles += [h for o in rule.objectives for h in (
+            o.head.register_forward_pre_hook(lambda *a: setattr(self, "inside", True)),
+            o.head.register_forward_hook(lambda *a: setattr(self, "inside", False)))]
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda held: held.t)
 
     def enter(self, stage, inputs):
@@ -205,8 +209,8 @@ class _Held:
 @pytest.mark.parametrize("schedule,stage", [("greedy", 0), ("greedy", 1), ("simultaneous", None)])
 @pytest.mark.parametrize("grad_block", [True, False])
 def test_stage_chunks_divide_the_trained_stages_live_graph(schedule, stage, grad_block):
-    """With train.stage_chunks=C the maps a trained stage's graph holds at once are 1/C of the
-    unchunked step's (rows divide evenly here), whatever the stage and the objective's
+    """With train.stage_chunks=C the maps a trained stage's and its head's graph hold at once are 1/C of the
+    unchunked step's or less (rows divide evenly here), whatever the stage and the objective's
     gradient block."""
     def peak(chunks: int) -> int:
         asm = assemble(load_config("fmnist-gll-hinge", TINY + [
@@ -221,4 +225,4 @@ def test_stage_chunks_divide_the_trained_stages_live_graph(schedule, stage, grad
         return graph.peak
 
     whole = peak(1)
-    assert peak(4) * 4 == whole
+    assert 0 < peak(4) * 4 <= whole  # less with a gradient block: its first view gets no chunk

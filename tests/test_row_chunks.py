@@ -1,7 +1,8 @@
 """train.stage_chunks (issue 18): a segment learning by autograd over its rows in chunks
 gives the unchunked gradients — every local schedule × autograd transport, the objectives
-that couple rows (hinge's negatives, CLAPP's and InfoNCE's futures) and every row layout
-(pairs, grid, sequence) — and is refused where chunks would change the result."""
+that couple rows (hinge's and NT-Xent's negatives after their heads, CLAPP's and InfoNCE's
+futures) and every row layout (pairs, grid, sequence) — and is refused where chunks would
+change the result."""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +16,7 @@ from biossl.encoders.gim_audio import GimAudioConfig, gim_audio
 from biossl.objectives.clapp import ClappConfig, ClappObjective
 from biossl.objectives.hinge import HingeConfig, HingeObjective
 from biossl.objectives.infonce import InfoNCEConfig, InfoNCEObjective
+from biossl.objectives.ntxent import NTXentConfig, NTXentObjective
 from biossl.registry import TRANSPORTS, load_all
 from biossl.rules import IncompatibleRule, make_rule
 from biossl.rules.rows import row_chunks
@@ -48,6 +50,8 @@ CASES = {  # objective on its row layout: (encoder, input shape, objective, batc
     "hinge-grad-block": (lambda: convstack(ConvStackConfig(channels=[4, 6, 8], pool=[True, True, False]), 1),
                          (1, 12, 12), lambda s: HingeObjective(HingeConfig(dim=8, negatives=3, grad_block=True), s),
                          pairs_batch),
+    "ntxent": (lambda: convstack(ConvStackConfig(channels=[4, 6, 8], pool=[True, True, False]), 1), (1, 12, 12),
+               lambda s: NTXentObjective(NTXentConfig(dim=8), s), pairs_batch),
     "clapp-grid": (lambda: convstack(ConvStackConfig(channels=[4, 6, 8], pool=[True, True, False]), 1), (1, 8, 8),
                    lambda s: ClappObjective(ClappConfig(steps=2), s), grid_batch),
     "infonce-grid": (lambda: convstack(ConvStackConfig(channels=[4, 6, 8], pool=[True, True, False]), 1), (1, 8, 8),

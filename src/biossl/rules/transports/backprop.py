@@ -26,35 +26,38 @@ def autograd_update(rule, k, x, batch) -> Update:
 
 
 def chunked_update(rule, k, x, batch, chunks: int) -> Update:
-    """:func:`autograd_update`'s gradients with one chunk of the segment's graph alive at a
-    time. The objective couples rows only through the segment's output h (negatives, …): its
-    loss and backward on h (a leaf) give the head's gradients and dL/dh; the segment's rows
-    are independent, so each chunk's forward again, backward with its rows of dL/dh, adds its
-    share of the segment's gradients (one more forward of the segment). A gradient-blocked
-    objective's first view learns nothing in the segment (run_segment gives it no graph):
-    its rows get no chunk."""
-    span = rule.spans[k]
+    """:func:`autograd_update`'s gradients with one chunk of the segment's and its head's
+    graph alive at a time. The objective couples rows only after its row-wise start z =
+    obj.rows(h) (the head; Objective.rows): the loss on z (a leaf, from a pass without graph)
+    and its backward give dL/dz and the gradients of what couples rows; every row of the
+    segment and head is independent of the others, so each chunk's forward again, backward
+    with its rows of dL/dz, adds its share of their gradients (one more forward of the
+    segment and head). A gradient-blocked objective's first view learns nothing in the
+    segment (run_segment gives it no graph; its z rows are detached): those rows get no chunk."""
+    span, obj = rule.spans[k], rule.objectives[k]
 
     def run(rows: slice):
         return rule.encoder.run(x[rows], span.start, span.stop)
 
     n = x.shape[0]
+    parts = row_chunks(0, n, chunks)
     with torch.no_grad(), rule.autocast():
-        h = run_rows(run, row_chunks(0, n, chunks), n)
-    h.requires_grad_()
+        h = run_rows(run, parts, n)  # the segment's output: the update's (next stage's input)
+        z = run_rows(lambda rows: obj.rows(h[rows]), parts, n)
+    z.requires_grad_()
     with rule.autocast():
-        loss = rule.objectives[k](h, batch)
+        loss = obj.coupled(z, batch)
     check_finite(loss, rule.loss_name(k), rule.replicas)
     loss.backward()
-    grad, h.grad, value = h.grad, None, loss.item()
-    del loss
-    blocked = batch.first_view_rows() if rule.objectives[k].grad_block else None
+    grad, value = z.grad, loss.item()
+    del loss, z
+    blocked = batch.first_view_rows() if obj.grad_block else None
     for rows in row_chunks(0 if blocked is None else blocked.stop, n, chunks):
         with rule.autocast():
-            part = run(rows)
+            part = obj.rows(run(rows))
         part.backward(grad[rows])
         del part
-    return Update(h.detach(), value)
+    return Update(h, value)
 
 
 class Backprop(Transport):
