@@ -215,7 +215,9 @@ def test_stage_chunks_divide_the_trained_stages_live_graph(schedule, stage, grad
     def peak(chunks: int) -> int:
         asm = assemble(load_config("fmnist-gll-hinge", TINY + [
             f"schedule.name={schedule}", "train.epochs=3", "transport.name=urf", "transport.diagnostics_every=0",
-            f"train.stage_chunks={chunks}", f"objective.grad_block={str(grad_block).lower()}"]))
+            f"train.stage_chunks={chunks}", f"objective.grad_block={str(grad_block).lower()}",
+            "objective.head_pool=null", "encoder.pool=[false,true,false]"]))  # a flatten head on an unpooled
+        # map (conv6 stage 1): the head keeps a map as large as the stage's
         rule = asm.rule
         rule.start_epoch(stage or 0)
         batch = asm.recipe(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
