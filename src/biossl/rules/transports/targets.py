@@ -11,7 +11,8 @@ stage l ≥ 1; the top stage's error comes from the objective through its head):
 2. **Inverses** (every ``inverse_every`` steps, ``inverse_steps`` times): g_l learns to
    reconstruct h_{l−1} from f_l(h_{l−1} + ε), ε ~ N(0, noise_std²), forward stages frozen.
    By default before the targets, so they use the freshest inverses; ``inverse_order:
-   after_targets`` (the official SSL-DTP code) trains g after the targets are computed.
+   after_targets`` (the official SSL-DTP code) computes every target with the step's initial
+   g: g_l learns right after it made ĥ_{l−1}, while the targets go down (phase 4).
 3. **Top target.** ĥ_L = h_L − eta · ∂L_SSL/∂h_L (the objective on a detached leaf copy of
    h_L; the same backward gives the head its gradient).
 4. **Targets downwards** (no autograd): ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l).
@@ -92,10 +93,11 @@ class TargetsConfig:
 @dataclass
 class Pass:
     """One forward pass of a segment: per-stage outputs with their own graphs."""
-    outs: list[Tensor]
-    """Stage outputs on the active rows, each graph starting at a detached input."""
-    hs: list[Tensor]
-    """The same outputs, detached."""
+    outs: list[Tensor | None]
+    """Stage outputs on the active rows, each graph starting at a detached input (None once
+    :meth:`Targets.learn_from_targets` spent it)."""
+    hs: list[Tensor | None]
+    """The same outputs, detached (None once no later target or inverse reads it)."""
     top: Tensor
     """Detached top output for every row of the batch (the objective's input)."""
     active: slice
@@ -222,11 +224,13 @@ class Targets(Transport):
             del d
         return out
 
-    def inverse_losses(self, rule, k: int, hs: list[Tensor]) -> list[Tensor]:
-        """Denoising reconstruction loss of every g_l of segment k, forward stages frozen."""
+    def inverse_losses(self, rule, k: int, hs: list[Tensor], js=None) -> list[Tensor]:
+        """Denoising reconstruction loss of g_j of segment k for its stages ``js`` (default
+        every stage above the bottom, in order), forward stages frozen; ``hs[j − 1]`` is all
+        that g_j's loss reads."""
         losses = []
         span = rule.spans[k]
-        for j in range(1, len(hs)):
+        for j in (range(1, len(hs)) if js is None else js):
             h = hs[j - 1]
             # data parallel: this rank's rows of the noise one process draws for the global batch
             noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
@@ -269,23 +273,26 @@ class Targets(Transport):
         out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
         return loss.item()
 
-    def train_inverses(self, rule, k: int, p: Pass, batch) -> dict[str, float]:
-        """``inverse_steps`` denoising updates of segment k's inverses; returns the last losses."""
-        hs = p.hs
+    def train_inverses(self, rule, k: int, p: Pass, batch, js=None) -> dict[str, float]:
+        """``inverse_steps`` denoising updates of segment k's inverses g_j, j in ``js`` (default
+        all, in order); returns the last losses. Each g has its own parameters, so one g's
+        updates are the same whether the others learn with it or apart (an optimizer steps
+        only the parameters with gradients)."""
         first = batch.first_view_rows()
-        if self.params.inverse_rows == "one_view" and first is not None and p.active.start == 0:
-            hs = [h[first.stop:] for h in hs]
+        one_view = self.params.inverse_rows == "one_view" and first is not None and p.active.start == 0
+        hs = [h[first.stop:] if one_view and h is not None else h for h in p.hs]
+        js = list(range(1, len(hs)) if js is None else js)
         start = rule.spans[k].start
         for _ in range(self.params.inverse_steps):
             self.optimizer.zero_grad(set_to_none=True)
             with rule.autocast():
-                fb = self.inverse_losses(rule, k, hs)
+                fb = self.inverse_losses(rule, k, hs, js)
             total = sum(fb)
             check_finite(total, "inverse loss", self.replicas)
             total.backward()
-            self.replicas.average_gradients(self.inverses[k].parameters())
+            self.replicas.average_gradients(q for j in js for q in self.inverses[k][j - 1].parameters())
             self.optimizer.step()
-        return {f"recon/stage{start + j + 1}": v.item() for j, v in enumerate(fb)}
+        return {f"recon/stage{start + j}": v.item() for j, v in zip(js, fb)}
 
     # ---- the transport's interface ---------------------------------------------------------
     def gradients(self, rule, k, x, batch, *, learn_extra=True):
@@ -308,24 +315,25 @@ class Targets(Transport):
             self.steps_done[k] += learn_extra
             return Update(p.top, loss.item(), log, step=False)
         loss, top = self.top_target(rule, k, p, batch)
-        stage_log = self.learn_from_targets(rule, k, p, top)
+        # official order (targets from the previous step's g): g_j learns as soon as it made
+        # ĥ_{j−1}, on its own (the forward weights move only after this method)
+        stage_log = self.learn_from_targets(rule, k, p, top, batch if train_g and not g_first else None)
         del top
-        # The forward weights move only after this method, so the inverses may learn after
-        # the stage graphs are freed (the peak holds the forward graphs or the inverses').
-        if train_g and not g_first:  # official order: targets from the previous step's g
-            log.update(self.train_inverses(rule, k, p, batch))
         self.steps_done[k] += learn_extra
         log.update(stage_log)
         return Update(p.top, loss.item(), log)
 
-    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor) -> dict[str, float]:
+    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor, inverses_of=None) -> dict[str, float]:
         """From the top stage down: stage l's loss against ĥ_l and its backward (which frees
         stage l's graph), then ĥ_{l−1} from ĥ_l — the same targets and gradients as
         :meth:`propagate_targets` + :meth:`stage_losses` (the per-stage graphs are
-        disjoint), with one target and ever fewer stage graphs alive. Returns the log:
-        'target_loss/stage{l}' and 'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖)."""
+        disjoint), with one target, ever fewer stage graphs and ever fewer activities alive
+        (h_l is dropped from ``p.hs`` once ĥ_{l−1} is made). With ``inverses_of`` (the batch)
+        g_l learns right after it made ĥ_{l−1} (the official order: every target from the
+        step's initial g), one inverse graph at a time. Returns the log: 'target_loss/stage{l}',
+        'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖) and, learning the inverses, 'recon/stage{l}'."""
         start = rule.spans[k].start
-        losses, shifts = {}, {}
+        losses, shifts, recon = {}, {}, {}
         target = top
         for j in range(len(p.hs) - 1, -1, -1):
             h = p.hs[j]
@@ -338,12 +346,17 @@ class Targets(Transport):
                 check_finite(local, "DTP stage loss", self.replicas)
                 local.backward()
                 losses[j] = local.item()
-            p.outs[j] = h  # the graph is spent: keep the activity only
+            p.outs[j] = None  # the graph is spent
+            del h
             if j > 0:
                 with rule.autocast():
                     target = self.target_below(k, j, p.hs, target)
+                if inverses_of is not None:
+                    recon.update(self.train_inverses(rule, k, p, inverses_of, [j]))
+                p.hs[j] = None  # no later target or inverse reads h_l
         log = {f"target_loss/stage{start + j}": losses[j] for j in sorted(losses)}
         log.update({f"shift/stage{start + j}": shifts[j] for j in sorted(shifts)})
+        log.update(dict(sorted(recon.items())))
         return log
 
     def get_extra_state(self):
