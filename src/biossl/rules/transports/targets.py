@@ -211,15 +211,14 @@ class Targets(Transport):
         """ĥ of the segment's stage j − 1 from ĥ of its stage j (j ≥ 1), detached. Runs g
         on half the rows at a time, written into the result in place, so the transient
         maps at stage j − 1's size add up to one map (not g on ĥ and h together, 2 maps,
-        plus their difference)."""
+        plus their difference); an affine g runs once, on ĥ − h (StageInverse.difference)."""
         below, g = hs[j - 1], self.inverses[k][j - 1]
         out = torch.empty_like(below)
         n = below.shape[0]
         for rows in (slice(0, n // 2), slice(n // 2, n)):
             if rows.start == rows.stop:
                 continue
-            d = g(target[rows], below.shape[2:])
-            d.sub_(g(hs[j][rows], below.shape[2:])).add_(below[rows])
+            d = g.difference(target[rows], hs[j][rows], below.shape[2:]).add_(below[rows])
             out[rows] = d
             del d
         return out
