@@ -93,9 +93,9 @@ class NTXentObjective(Objective):
         self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, cfg.hidden, pool_mode=cfg.head_pool_mode)
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
-        return self.coupled(self.rows(h), batch)
+        return self.coupled(self.rowwise(h), batch)
 
-    def rows(self, h: Tensor) -> Tensor:
+    def rowwise(self, h: Tensor) -> Tensor:
         return self.head(h)
 
     def coupled(self, z: Tensor, batch: ViewBatch) -> Tensor:

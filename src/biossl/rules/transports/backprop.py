@@ -28,7 +28,7 @@ def autograd_update(rule, k, x, batch) -> Update:
 def chunked_update(rule, k, x, batch, chunks: int) -> Update:
     """:func:`autograd_update`'s gradients with one chunk of the segment's and its head's
     graph alive at a time. The objective couples rows only after its row-wise start z =
-    obj.rows(h) (the head; Objective.rows): the loss on z (a leaf, from a pass without graph)
+    obj.rowwise(h) (the head; Objective.rowwise): the loss on z (a leaf, from a pass without graph)
     and its backward give dL/dz and the gradients of what couples rows; every row of the
     segment and head is independent of the others, so each chunk's forward again, backward
     with its rows of dL/dz, adds its share of their gradients (one more forward of the
@@ -43,7 +43,7 @@ def chunked_update(rule, k, x, batch, chunks: int) -> Update:
     parts = row_chunks(0, n, chunks)
     with torch.no_grad(), rule.autocast():
         h = run_rows(run, parts, n)  # the segment's output: the update's (next stage's input)
-        z = run_rows(lambda rows: obj.rows(h[rows]), parts, n)
+        z = run_rows(lambda rows: obj.rowwise(h[rows]), parts, n)
     z.requires_grad_()
     with rule.autocast():
         loss = obj.coupled(z, batch)
@@ -54,7 +54,7 @@ def chunked_update(rule, k, x, batch, chunks: int) -> Update:
     blocked = batch.first_view_rows() if obj.grad_block else None
     for rows in row_chunks(0 if blocked is None else blocked.stop, n, chunks):
         with rule.autocast():
-            part = obj.rows(run(rows))
+            part = obj.rowwise(run(rows))
         part.backward(grad[rows])
         del part
     return Update(h, value)
