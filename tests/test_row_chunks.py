@@ -102,11 +102,39 @@ def test_row_chunks_cover_the_rows_in_order():
     assert row_chunks(4, 4, 3) == []
 
 
-@pytest.mark.parametrize("transport", ["targets", "explicit"])
-def test_transports_without_autograd_updates_refuse_chunks_naming_the_fix(transport):
-    with pytest.raises(IncompatibleRule, match=rf"train.stage_chunks=2 needs a transport learning by "
-                                               rf"autograd.*not {transport}; use train.stage_chunks=1"):
-        rule_for("clapp-grid", "e2e" if transport == "targets" else "greedy", transport, 2)
+def test_the_explicit_transport_refuses_chunks_naming_the_fix():
+    with pytest.raises(IncompatibleRule, match=r"train.stage_chunks=2 needs a transport whose update can run "
+                                               r"in row chunks.*not explicit; use train.stage_chunks=1"):
+        rule_for("clapp-grid", "greedy", "explicit", 2)
+
+
+@pytest.mark.parametrize("order", ["before_targets", "after_targets"])
+@pytest.mark.parametrize("target_loss", ["sum", "row_mean", "element_mean"])
+@pytest.mark.parametrize("schedule", ["e2e", "greedy", "simultaneous"])
+def test_dtp_in_row_chunks_gives_the_unchunked_steps(schedule, target_loss, order):
+    """DTP with train.stage_chunks: a forward pass without graphs, then every stage's loss
+    against its target chunk by chunk — the same targets, stage gradients, inverses and logs."""
+    from biossl.rules.transports.targets import TargetsConfig
+
+    def rule(chunks):
+        torch.manual_seed(0)
+        enc = convstack(ConvStackConfig(channels=[4, 6, 8], pool=[True, True, False]), 1)
+        shapes = enc.out_shapes((1, 12, 12))
+        params = TargetsConfig(target_loss=target_loss, inverse_order=order, diagnostics_every=0)
+        train = TrainConfig(epochs=3, batch_size=6, lr=1e-2, seed=0, stage_chunks=chunks)
+        return make_rule(schedule, "targets", enc, lambda i: HingeObjective(HingeConfig(dim=8, negatives=3), shapes[i]),
+                         train, transport_params=params).double()
+
+    whole, chunked = rule(1), rule(4)
+    batch = pairs_batch()
+    for _ in range(2):
+        for r in (whole, chunked):
+            r.start_epoch(0)
+        assert whole.step(batch) == pytest.approx(chunked.step(batch), rel=1e-10, abs=1e-12)
+        for (name, p), q in zip(whole.named_parameters(), chunked.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=name)
+            if p.grad is not None and name.startswith("encoder"):
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_batch_statistics_refuse_chunks_naming_the_fix():

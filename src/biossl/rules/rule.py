@@ -204,9 +204,9 @@ def _refuse_row_chunks(chunks: int, transport: Transport, encoder: StageStack) -
     if chunks == 1:
         return 1
     if not transport.row_chunked:
-        raise IncompatibleRule(f"train.stage_chunks={chunks} needs a transport learning by autograd "
-                               f"(bp, rf, urf, sign), not {transport_name(transport)}; use "
-                               f"train.stage_chunks=1")
+        raise IncompatibleRule(f"train.stage_chunks={chunks} needs a transport whose update can run "
+                               f"in row chunks (bp, rf, urf, sign, targets), not "
+                               f"{transport_name(transport)}; use train.stage_chunks=1")
     if encoder.mixes_rows():
         raise IncompatibleRule(f"train.stage_chunks={chunks}: this encoder has batch statistics "
                                f"(BatchNorm), which chunks of rows would change; use "

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from biossl.feedback.inverse import build_inverse, check_out_activation
 from biossl.rules.base import check_finite, make_optimizer
+from biossl.rules.rows import row_chunks
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
 
@@ -94,14 +95,17 @@ class TargetsConfig:
 class Pass:
     """One forward pass of a segment: per-stage outputs with their own graphs."""
     outs: list[Tensor | None]
-    """Stage outputs on the active rows, each graph starting at a detached input (None once
-    :meth:`Targets.learn_from_targets` spent it)."""
+    """Stage outputs on the active rows, each graph starting at a detached input (None for a
+    pass without graphs, and once :meth:`Targets.learn_from_targets` spent it)."""
     hs: list[Tensor | None]
     """The same outputs, detached (None once no later target or inverse reads it)."""
     top: Tensor
     """Detached top output for every row of the batch (the objective's input)."""
     active: slice
     """Rows of the batch that get targets."""
+    x: Tensor | None = None
+    """The segment's input on the active rows (a view): what its bottom stage recomputes
+    from when the pass kept no graph (row chunks)."""
 
 
 class Targets(Transport):
@@ -121,6 +125,7 @@ class Targets(Transport):
 
     transposes_in_head = True  # the top target is the head's gradient
     local_targets = True
+    row_chunked = True  # every stage's loss is a sum over rows: its graph can run in chunks
 
     def attach(self, rule) -> None:
         cfg = self.params
@@ -169,16 +174,19 @@ class Targets(Transport):
         blocked = batch.first_view_rows() if rule.objectives[k].grad_block else None
         active = slice(blocked.stop if blocked is not None else 0, x.shape[0])
         outs, h = [], x[active]
-        with torch.set_grad_enabled(with_graph and torch.is_grad_enabled()):
+        graph = with_graph and torch.is_grad_enabled()
+        with torch.set_grad_enabled(graph):
             for i in span:
                 h = rule.encoder.stages[i](h.detach())  # the detach keeps every graph in one stage
                 outs.append(h)
         hs = [o.detach() for o in outs]
+        if not graph:
+            outs = [None] * len(hs)
         top = hs[-1]
         if active.start > 0:  # the first (gradient-blocked) view: no graph, no target
             with torch.no_grad():
                 top = torch.cat([rule.encoder.run(x[: active.start], span.start, span.stop), top])
-        return Pass(outs, hs, top, active)
+        return Pass(outs, hs, top, active, x[active])
 
     def top_target(self, rule, k: int, p: Pass, batch, head_grads: bool = True) -> tuple[Tensor, Tensor]:
         """(SSL loss, ĥ_L on the active rows). The objective sees a detached leaf copy of
@@ -272,6 +280,28 @@ class Targets(Transport):
         out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
         return loss.item()
 
+    def _learn_in_chunks(self, rule, k: int, j: int, p: Pass, target: Tensor, chunks: int) -> float:
+        """Stage j's loss against ``target`` and its backward, in ``chunks`` chunks of rows: the
+        stage runs again on each chunk of its input (h_{j−1}, or the segment's input) with a
+        graph. The stage losses are sums over rows, so the chunks' losses, each weighted by
+        its share of what the reduction divides by, add up to the whole batch's loss and
+        gradients."""
+        stage = rule.encoder.stages[rule.spans[k].start + j]
+        below = p.hs[j - 1] if j > 0 else p.x
+        n, total = below.shape[0], 0.0
+        for rows in row_chunks(0, n, chunks):
+            with rule.autocast():
+                out = stage(below[rows])
+                (local,) = self.stage_losses([out], [target[rows]])
+            m = rows.stop - rows.start
+            if self.params.target_loss != "sum":  # row_mean, element_mean: mean over the chunk
+                local = local * (m / n)
+            check_finite(local, "DTP stage loss", self.replicas)
+            local.backward()
+            total += local.item()
+            del out, local
+        return total
+
     def train_inverses(self, rule, k: int, p: Pass, batch, js=None) -> dict[str, float]:
         """``inverse_steps`` denoising updates of segment k's inverses g_j, j in ``js`` (default
         all, in order); returns the last losses. Each g has its own parameters, so one g's
@@ -302,7 +332,7 @@ class Targets(Transport):
         warm = done < cfg.inverse_warmup
         log: dict[str, float] = {}
         with rule.autocast():
-            p = self.forward_pass(rule, k, x, batch, with_graph=not warm)
+            p = self.forward_pass(rule, k, x, batch, with_graph=not warm and rule.row_chunks == 1)
         turn = warm or done % cfg.inverse_every == 0
         train_g = learn_extra and len(self.inverses[k]) > 0 and cfg.inverse_steps > 0 and turn
         g_first = warm or cfg.inverse_order == "before_targets"
@@ -316,20 +346,24 @@ class Targets(Transport):
         loss, top = self.top_target(rule, k, p, batch)
         # official order (targets from the previous step's g): g_j learns as soon as it made
         # ĥ_{j−1}, on its own (the forward weights move only after this method)
-        stage_log = self.learn_from_targets(rule, k, p, top, batch if train_g and not g_first else None)
+        stage_log = self.learn_from_targets(rule, k, p, top, batch if train_g and not g_first else None,
+                                            rule.row_chunks)
         del top
         self.steps_done[k] += learn_extra
         log.update(stage_log)
         return Update(p.top, loss.item(), log)
 
-    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor, inverses_of=None) -> dict[str, float]:
+    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor, inverses_of=None,
+                           chunks: int = 1) -> dict[str, float]:
         """From the top stage down: stage l's loss against ĥ_l and its backward (which frees
         stage l's graph), then ĥ_{l−1} from ĥ_l — the same targets and gradients as
         :meth:`propagate_targets` + :meth:`stage_losses` (the per-stage graphs are
         disjoint), with one target, ever fewer stage graphs and ever fewer activities alive
         (h_l is dropped from ``p.hs`` once ĥ_{l−1} is made). With ``inverses_of`` (the batch)
         g_l learns right after it made ĥ_{l−1} (the official order: every target from the
-        step's initial g), one inverse graph at a time. Returns the log: 'target_loss/stage{l}',
+        step's initial g), one inverse graph at a time. A pass without graphs (``chunks`` > 1,
+        train.stage_chunks) learns each stage in row chunks, its forward run again per chunk
+        (:meth:`_learn_in_chunks`). Returns the log: 'target_loss/stage{l}',
         'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖) and, learning the inverses, 'recon/stage{l}'."""
         start = rule.spans[k].start
         losses, shifts, recon = {}, {}, {}
@@ -337,7 +371,9 @@ class Targets(Transport):
         for j in range(len(p.hs) - 1, -1, -1):
             h = p.hs[j]
             shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
-            if j == 0:  # the bottom target is needed no more: its storage becomes the error
+            if p.outs[j] is None:  # no graph kept: the stage again, chunk by chunk
+                losses[j] = self._learn_in_chunks(rule, k, j, p, target, chunks)
+            elif j == 0:  # the bottom target is needed no more: its storage becomes the error
                 losses[j] = self._learn_bottom_stage(p.outs[j], target)
             else:
                 with rule.autocast():
