@@ -228,3 +228,20 @@ def test_stage_chunks_divide_the_trained_stages_live_graph(schedule, stage, grad
 
     whole = peak(1)
     assert 0 < peak(4) * 4 <= whole  # less with a gradient block: its first view gets no chunk
+
+
+def test_dtp_in_row_chunks_keeps_one_chunk_of_one_stage_graph():
+    """DTP with train.stage_chunks=C: the forward pass keeps no graph and each stage learns
+    chunk by chunk, so the stage maps alive at once are at most 1/C of the unchunked step's
+    (which holds every stage's graph while the top stage learns)."""
+    def peak(chunks: int) -> int:
+        asm = assemble(load_config("fmnist-dtp-hinge", TINY + [
+            "transport.inverse_warmup=0", "transport.diagnostics_every=0", f"train.stage_chunks={chunks}",
+            "encoder.pool=[false,true,false]"]))
+        batch = asm.recipe(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
+        with LiveStageGraph(asm.rule) as graph:
+            asm.rule.step(batch)
+        assert graph.now == 0 and graph.peak > 0
+        return graph.peak
+
+    assert 0 < peak(4) * 4 <= peak(1)

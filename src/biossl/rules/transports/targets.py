@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from biossl.feedback.inverse import build_inverse, check_out_activation
 from biossl.rules.base import check_finite, make_optimizer
-from biossl.rules.rows import row_chunks
+from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
 
@@ -175,9 +175,13 @@ class Targets(Transport):
         active = slice(blocked.stop if blocked is not None else 0, x.shape[0])
         outs, h = [], x[active]
         graph = with_graph and torch.is_grad_enabled()
+        parts = row_chunks(0, h.shape[0], 1 if graph else rule.row_chunks)
         with torch.set_grad_enabled(graph):
             for i in span:
-                h = rule.encoder.stages[i](h.detach())  # the detach keeps every graph in one stage
+                if len(parts) > 1:  # no graph, in row chunks (train.stage_chunks): smaller transients
+                    h = run_rows(lambda rows, s=rule.encoder.stages[i], h=h: s(h[rows]), parts, h.shape[0])
+                else:
+                    h = rule.encoder.stages[i](h.detach())  # the detach keeps every graph in one stage
                 outs.append(h)
         hs = [o.detach() for o in outs]
         if not graph:
@@ -215,17 +219,16 @@ class Targets(Transport):
         return targets
 
     @torch.no_grad()
-    def target_below(self, k: int, j: int, hs: list[Tensor], target: Tensor) -> Tensor:
+    def target_below(self, k: int, j: int, hs: list[Tensor], target: Tensor, chunks: int = 2) -> Tensor:
         """ĥ of the segment's stage j − 1 from ĥ of its stage j (j ≥ 1), detached. Runs g
-        on half the rows at a time, written into the result in place, so the transient
-        maps at stage j − 1's size add up to one map (not g on ĥ and h together, 2 maps,
-        plus their difference); an affine g runs once, on ĥ − h (StageInverse.difference)."""
+        on ``chunks`` chunks of the rows at a time (half by default; train.stage_chunks when
+        more), written into the result in place, so the transient maps at stage j − 1's size
+        add up to a fraction of one map (not g on ĥ and h together, 2 maps, plus their
+        difference); an affine g runs once, on ĥ − h (StageInverse.difference)."""
         below, g = hs[j - 1], self.inverses[k][j - 1]
         out = torch.empty_like(below)
         n = below.shape[0]
-        for rows in (slice(0, n // 2), slice(n // 2, n)):
-            if rows.start == rows.stop:
-                continue
+        for rows in row_chunks(0, n, max(2, chunks)):
             d = g.difference(target[rows], hs[j][rows], below.shape[2:]).add_(below[rows])
             out[rows] = d
             del d
@@ -302,6 +305,25 @@ class Targets(Transport):
             del out, local
         return total
 
+    def _inverse_in_chunks(self, rule, k: int, j: int, h: Tensor, chunks: int) -> float:
+        """g_j's denoising loss (:meth:`inverse_losses`, the same noise) and its backward in
+        ``chunks`` chunks of rows, each chunk's mean weighted by its share of the rows."""
+        noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
+            shape, generator=self.noise, device=h.device, dtype=h.dtype))
+        noisy.mul_(self.params.noise_std).add_(h)
+        stage, g = rule.encoder.stages[rule.spans[k].start + j], self.inverses[k][j - 1]
+        n, total = h.shape[0], 0.0
+        for rows in row_chunks(0, n, chunks):
+            with rule.autocast():
+                with torch.no_grad():
+                    fh = stage(noisy[rows])
+                loss = F.mse_loss(g(fh, h.shape[2:]), noisy[rows]) * ((rows.stop - rows.start) / n)
+            check_finite(loss, "inverse loss", self.replicas)
+            loss.backward()
+            total += loss.item()
+            del fh, loss
+        return total
+
     def train_inverses(self, rule, k: int, p: Pass, batch, js=None) -> dict[str, float]:
         """``inverse_steps`` denoising updates of segment k's inverses g_j, j in ``js`` (default
         all, in order); returns the last losses. Each g has its own parameters, so one g's
@@ -314,14 +336,18 @@ class Targets(Transport):
         start = rule.spans[k].start
         for _ in range(self.params.inverse_steps):
             self.optimizer.zero_grad(set_to_none=True)
-            with rule.autocast():
-                fb = self.inverse_losses(rule, k, hs, js)
-            total = sum(fb)
-            check_finite(total, "inverse loss", self.replicas)
-            total.backward()
+            if rule.row_chunks > 1:  # train.stage_chunks: each g's loss chunk by chunk
+                fb = [self._inverse_in_chunks(rule, k, j, hs[j - 1], rule.row_chunks) for j in js]
+            else:
+                with rule.autocast():
+                    fb = self.inverse_losses(rule, k, hs, js)
+                total = sum(fb)
+                check_finite(total, "inverse loss", self.replicas)
+                total.backward()
+                fb = [v.item() for v in fb]
             self.replicas.average_gradients(q for j in js for q in self.inverses[k][j - 1].parameters())
             self.optimizer.step()
-        return {f"recon/stage{start + j}": v.item() for j, v in zip(js, fb)}
+        return {f"recon/stage{start + j}": v for j, v in zip(js, fb)}
 
     # ---- the transport's interface ---------------------------------------------------------
     def gradients(self, rule, k, x, batch, *, learn_extra=True):
@@ -385,7 +411,7 @@ class Targets(Transport):
             del h
             if j > 0:
                 with rule.autocast():
-                    target = self.target_below(k, j, p.hs, target)
+                    target = self.target_below(k, j, p.hs, target, chunks)
                 if inverses_of is not None:
                     recon.update(self.train_inverses(rule, k, p, inverses_of, [j]))
                 p.hs[j] = None  # no later target or inverse reads h_l
