@@ -22,6 +22,10 @@ stage l ≥ 1; the top stage's error comes from the objective through its head):
    the mean over all elements without the ½. Its gradient is the post-synaptic difference
    times the pre-synaptic activity (Hebbian form).
 
+With ``train.stage_chunks`` C > 1 the forward pass keeps no graph (it runs in C chunks of
+rows), and every stage's loss, the targets and the inverses' losses run chunk by chunk —
+the stage forward once more per step for a C-fold smaller graph (issue 18).
+
 With a local schedule every segment is one stage, the top of its own loss: its target
 comes straight from its head and no inverse is learned (the update is then eta × the
 stage's BP update under 'sum'). During the first ``inverse_warmup`` steps only phase 2
