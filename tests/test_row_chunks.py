@@ -144,3 +144,16 @@ def test_batch_statistics_refuse_chunks_naming_the_fix():
         make_rule("greedy", "bp", enc, lambda i: HingeObjective(HingeConfig(dim=4), (4, 10, 10)), train)
     make_rule("greedy", "bp", enc, lambda i: HingeObjective(HingeConfig(dim=4), (4, 10, 10)),
               TrainConfig(epochs=1, batch_size=6))   # unchunked: fine
+
+
+def test_a_resume_may_change_stage_chunks_and_records_it(tmp_path, capfd):
+    """Nothing saved depends on train.stage_chunks (the same gradients, no state): a resume
+    applies a new value and records the change."""
+    from biossl.cli import main as cli
+    from runproc import TINY, metric_rows
+    out = tmp_path / "run"
+    digits = ["data.name=digits", "data.download=false", "train.device=cpu", "train.max_steps_per_epoch=2"]
+    assert cli(["train", "fmnist-rll-hinge", *TINY, *digits, "train.epochs=1", "--out", str(out)]) == 0
+    assert cli(["train", "--resume", str(out), "train.epochs=2", "train.stage_chunks=3"]) == 0
+    event = [r for r in metric_rows(out) if r.get("event") == "resume_config_change"]
+    assert event and event[0]["changed"]["train.stage_chunks"] == [1, 3]
