@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from biossl.distributed.replicas import ONE_PROCESS, Replicas
 from biossl.encoders.base import StageStack
 from biossl.rules.base import make_optimizer
-from biossl.rules.rows import run_rows
 from biossl.rules.diagnostics import (GradientAngleProbe, compare_gradients, feedback_report,
                                       named_feedback_layers)
+from biossl.rules.rows import run_rows
 from biossl.rules.schedules.base import Schedule
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
@@ -47,7 +47,8 @@ class Rule(nn.Module):
         self.encoder = encoder
         self.spans = schedule.spans(len(encoder))
         self.row_chunks = _refuse_row_chunks(train.stage_chunks, transport, encoder)
-        """Chunks of rows in which a segment learning by autograd runs (train.stage_chunks)."""
+        """Chunks of the batch's rows in which a segment's update runs (train.stage_chunks;
+        1: the whole batch at once); the transport reads it."""
         schedule.plan(train.epochs, len(encoder))
         self.objectives = nn.ModuleList(make_objective(span[-1]) for span in self.spans)
         for span, obj in zip(self.spans, self.objectives):
@@ -201,6 +202,7 @@ class Rule(nn.Module):
 
 
 def _refuse_row_chunks(chunks: int, transport: Transport, encoder: StageStack) -> int:
+    """``chunks``, or IncompatibleRule when row chunks would change the update."""
     if chunks == 1:
         return 1
     if not transport.row_chunked:
