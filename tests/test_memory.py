@@ -78,6 +78,22 @@ def test_the_lean_layers_give_torchs_values_and_gradients(channels_last):
     assert torch.allclose(v.grad, w.grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 9, 8), (2, 5, 16, 16)])
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_a_pool_without_graph_gives_torchs_values(shape, kernel):
+    """The lean pool without a graph (the window max of strided slices on NCHW maps) equals
+    torch's max-pool, NaN and odd sizes included; other layouts use torch's own."""
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, 0, 0, 0] = float("nan")
+    pool = MaxPool2d(kernel)
+    with torch.no_grad():
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            got, want = pool(inp), F.max_pool2d(inp, kernel)
+            assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert pool(x).is_contiguous()
+
+
 @pytest.mark.parametrize("schedule", ["greedy", "random"])
 def test_a_layerwise_step_keeps_no_lower_stage_graph(schedule):
     """A layer-wise step saves for backward exactly what the trained stage and its head save
