@@ -6,7 +6,7 @@
 #   bash benchmarks/depth.sh --set train.channels_last=true   # CPU channels-last (faster)
 #   bash benchmarks/depth.sh --set train.device=cuda          # a GPU (memory: max allocated)
 # The local cells learn in row chunks (train.stage_chunks, default 4 here: STAGE_CHUNKS=1 for
-# the unchunked rules). Memory alone, one cell at a time (deterministic, fine under load):
+# the unchunked rules); DTP is benched with the default (no chunks) and with them. Memory alone, one cell at a time (deterministic, fine under load):
 # benchmarks/depth_memory.py with the same cells (MEMORY_ONLY=1 runs it instead of bench).
 # Extra arguments go to both calls. On a 2-core CPU the conv6 call takes
 # about an hour at 1 thread; vgg6 at 64×64 with 1024 channels needs a GPU (batch 500 is
@@ -25,6 +25,7 @@ fi
   "biossl-t1 schedule.name=random $fb" \
   "biossl-t1 schedule.name=simultaneous $fb" \
   "biossl-t1-dtp transport.diagnostics_every=0 transport.inverse_warmup=0" \
+  "biossl-t1-dtp transport.diagnostics_every=0 transport.inverse_warmup=0 train.stage_chunks=${STAGE_CHUNKS:-4}" \
   "${common[@]}" --out results/bench-depth-conv6.json "$@"
 "${run[@]}" biossl-t2 \
   "biossl-t2@all schedule.name=greedy train.epochs=6 $fb" \
