@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+from pathlib import Path
 
 import torch
 
@@ -45,6 +46,7 @@ def main() -> None:
         del cell
         gc.collect()
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
 
