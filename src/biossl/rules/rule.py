@@ -19,7 +19,7 @@ from biossl.encoders.base import StageStack
 from biossl.rules.base import make_optimizer
 from biossl.rules.diagnostics import (GradientAngleProbe, compare_gradients, feedback_report,
                                       named_feedback_layers)
-from biossl.rules.rows import run_rows
+from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.schedules.base import Schedule
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
@@ -116,13 +116,16 @@ class Rule(nn.Module):
     # ---- what schedules call -----------------------------------------------------------
     def frozen_input(self, k: int, batch: ViewBatch) -> Tensor:
         """Segment ``k``'s input: the lower stages run frozen, without autograd, one view at
-        a time (their transient maps are the step's memory peak; nothing of them is kept)."""
+        a time or in train.stage_chunks chunks of rows when more (their transient maps are
+        the step's memory peak; nothing of them is kept)."""
         start = self.spans[k].start
         if start == 0:
             return batch.x
-        with torch.no_grad(), self.autocast():  # each view's map written into one output
-            return run_rows(lambda rows: self.encoder.run(batch.x[rows], 0, start),
-                            batch.view_rows(), batch.x.shape[0])
+        n, parts = batch.x.shape[0], batch.view_rows()
+        if self.row_chunks > len(parts):  # train.stage_chunks: smaller parts, smaller transients
+            parts = row_chunks(0, n, self.row_chunks)
+        with torch.no_grad(), self.autocast():  # each part's map written into one output
+            return run_rows(lambda rows: self.encoder.run(batch.x[rows], 0, start), parts, n)
 
     def update(self, k: int, x: Tensor, batch: ViewBatch) -> Update:
         """One complete update of segment ``k`` from its input ``x`` (detached here: the
