@@ -129,6 +129,23 @@ def test_conv_then_pool_is_inverted_by_one_strided_transposed_conv():
     assert g(overlapping(torch.randn(2, 3, 9, 9)), (9, 9)).shape == (2, 3, 9, 9)
 
 
+@pytest.mark.parametrize("below, affine", [(nn.Identity(), True), (nn.Hardtanh(), False)])
+def test_an_inverse_differences_two_inputs_as_its_two_outputs(below, affine):
+    """g(a) − g(b) for DTP's targets: an affine g (no nonlinearity below) runs once on a − b,
+    its biases and the unpooling included; equal to the two passes in float64."""
+    torch.manual_seed(0)
+    stages = [nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), below),
+              nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.MaxPool2d(3, stride=2)),
+              nn.Sequential(nn.Conv2d(5, 4, 3, padding=1), nn.MaxPool2d(2))]
+    for l in (1, 2):
+        g = build_inverse(stages, l, True, "below").double()
+        assert g.affine() is (affine or l == 2) and all(m.bias is not None for m in g.maps)
+        size = (9, 9) if l == 1 else (4, 4)
+        a, b = (torch.randn(2, *stages[l](torch.zeros(1, stages[l][0].in_channels, *size)).shape[1:],
+                            dtype=torch.float64) for _ in range(2))
+        torch.testing.assert_close(g.difference(a, b, size), g(a, size) - g(b, size), rtol=1e-12, atol=1e-12)
+
+
 def test_inverse_has_intermediate_nonlinearity_of_a_two_map_stage():
     stage = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 4), nn.ReLU())
     g = build_inverse([nn.Tanh(), stage], 1)

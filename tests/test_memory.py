@@ -78,6 +78,22 @@ def test_the_lean_layers_give_torchs_values_and_gradients(channels_last):
     assert torch.allclose(v.grad, w.grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 9, 8), (2, 5, 16, 16)])
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_a_pool_without_graph_gives_torchs_values(shape, kernel):
+    """The lean pool without a graph (the window max of strided slices on NCHW maps) equals
+    torch's max-pool, NaN and odd sizes included; other layouts use torch's own."""
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, 0, 0, 0] = float("nan")
+    pool = MaxPool2d(kernel)
+    with torch.no_grad():
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            got, want = pool(inp), F.max_pool2d(inp, kernel)
+            assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert pool(x).is_contiguous()
+
+
 @pytest.mark.parametrize("schedule", ["greedy", "random"])
 def test_a_layerwise_step_keeps_no_lower_stage_graph(schedule):
     """A layer-wise step saves for backward exactly what the trained stage and its head save
@@ -144,3 +160,104 @@ def test_a_dtp_step_equals_its_pieces_in_the_official_order():
     sum(tb.stage_losses(p.outs, tb.propagate_targets(0, p.hs, top))).backward()
     for qa, qb in zip(a.rule.encoder.parameters(), b.rule.encoder.parameters()):
         assert torch.allclose(qa.grad, qb.grad, rtol=1e-5, atol=1e-7)
+
+
+class LiveStageGraph:
+    """The bytes of the maps a stage's and its head's graph keep alive, at their peak:
+    tensors saved for backward while an encoder stage or an objective's head runs, counted
+    until autograd frees them — not the parameters, nor the stage's input (alive anyway; a
+    chunk's rows are a view of it)."""
+
+    def __init__(self, rule):
+        self.outside = {t.untyped_storage().data_ptr() for t in [*rule.parameters(), *rule.buffers()]}
+        self.live: dict[int, list[int]] = {}
+        self.now = self.peak = 0
+        self.inside = False
+        self.handles = [h for s in rule.encoder.stages for h in (
+            s.register_forward_pre_hook(self.enter),
+            s.register_forward_hook(lambda *a: setattr(self, "inside", False)))]
+        self.handles += [h for o in rule.objectives for h in (
+            o.head.register_forward_pre_hook(lambda *a: setattr(self, "inside", True)),
+            o.head.register_forward_hook(lambda *a: setattr(self, "inside", False)))]
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda held: held.t)
+
+    def enter(self, stage, inputs):
+        self.inside = True
+        self.outside.add(inputs[0].untyped_storage().data_ptr())
+
+    def pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if not self.inside or ptr in self.outside:
+            return _Held(t, None)
+        if ptr not in self.live:
+            self.live[ptr] = [0, t.untyped_storage().nbytes()]
+            self.now += self.live[ptr][1]
+            self.peak = max(self.peak, self.now)
+        self.live[ptr][0] += 1
+        return _Held(t, (self, ptr))
+
+    def release(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[0] -= 1
+        if not entry[0]:
+            self.now -= entry[1]
+            del self.live[ptr]
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        for h in self.handles:
+            h.remove()
+
+
+class _Held:
+    def __init__(self, t, owner):
+        self.t, self.owner = t, owner
+
+    def __del__(self):
+        if self.owner is not None:
+            self.owner[0].release(self.owner[1])
+
+
+@pytest.mark.parametrize("schedule,stage", [("greedy", 0), ("greedy", 1), ("simultaneous", None)])
+@pytest.mark.parametrize("grad_block", [True, False])
+def test_stage_chunks_divide_the_trained_stages_live_graph(schedule, stage, grad_block):
+    """With train.stage_chunks=C the maps a trained stage's and its head's graph hold at once are 1/C of the
+    unchunked step's or less (rows divide evenly here), whatever the stage and the objective's
+    gradient block."""
+    def peak(chunks: int) -> int:
+        asm = assemble(load_config("fmnist-gll-hinge", TINY + [
+            f"schedule.name={schedule}", "train.epochs=3", "transport.name=urf", "transport.diagnostics_every=0",
+            f"train.stage_chunks={chunks}", f"objective.grad_block={str(grad_block).lower()}",
+            "objective.head_pool=null", "encoder.pool=[false,true,false]"]))  # a flatten head on an unpooled
+        # map (conv6 stage 1): the head keeps a map as large as the stage's
+        rule = asm.rule
+        rule.start_epoch(stage or 0)
+        batch = asm.recipe(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
+        with LiveStageGraph(rule) as graph:
+            rule.step(batch)
+        assert graph.now == 0 and graph.peak > 0   # every saved map freed by the step's end
+        return graph.peak
+
+    whole = peak(1)
+    assert 0 < peak(4) * 4 <= whole  # less with a gradient block: its first view gets no chunk
+
+
+def test_dtp_in_row_chunks_keeps_one_chunk_of_one_stage_graph():
+    """DTP with train.stage_chunks=C: the forward pass keeps no graph and each stage learns
+    chunk by chunk, so the stage maps alive at once are at most 1/C of the unchunked step's
+    (which holds every stage's graph while the top stage learns)."""
+    def peak(chunks: int) -> int:
+        asm = assemble(load_config("fmnist-dtp-hinge", TINY + [
+            "transport.inverse_warmup=0", "transport.diagnostics_every=0", f"train.stage_chunks={chunks}",
+            "encoder.pool=[false,true,false]"]))
+        batch = asm.recipe(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
+        with LiveStageGraph(asm.rule) as graph:
+            asm.rule.step(batch)
+        assert graph.now == 0 and graph.peak > 0
+        return graph.peak
+
+    assert 0 < peak(4) * 4 <= peak(1)

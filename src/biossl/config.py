@@ -75,6 +75,14 @@ class TrainConfig:
     channels_last: bool = False
     """Use channels_last memory format for conv stacks (GPU; on the CPU it speeds up
     oneDNN's convolutions and max-pools too)."""
+    stage_chunks: PositiveInt = 1
+    """Rows of the batch in this many chunks when the trained stages learn (every schedule;
+    transports bp, rf, urf, sign: a forward without graph gives the objective's gradient at
+    its head's output, then each chunk's forward again and its backward with that gradient's
+    rows; targets: each stage's loss against its target, chunk by chunk). The same gradients
+    (up to summation order) for one more forward of the trained stages, whose graph memory
+    falls by this factor (issue 18); 1: off. Not for encoders with batch statistics
+    (BatchNorm) nor the explicit transport."""
     compile: bool = False
     """Wrap stages in torch.compile."""
     threads: PositiveInt | None = None

@@ -25,7 +25,7 @@ class TrainingDiverged(RuntimeError):
 
 
 APPLIED_ON_RESUME = ("name", "train.epochs", "train.lr", "train.weight_decay", "train.momentum",
-                     "train.threads", "train.precision", "train.channels_last",
+                     "train.threads", "train.precision", "train.channels_last", "train.stage_chunks",
                      "train.compile", "train.checkpoint_every", "train.checkpoint_minutes",
                      "train.log_every", "train.divergence_factor", "transport.inverse_lr",
                      "data.root", "data.download", "eval.", "parallel.")

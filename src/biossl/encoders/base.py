@@ -37,6 +37,11 @@ class StageStack(nn.Module):
             x = stage(x)
         return x
 
+    def mixes_rows(self) -> bool:
+        """True when a stage's output on a row depends on other rows of the batch (batch
+        statistics: BatchNorm); row-chunked training (train.stage_chunks) needs it False."""
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
     @torch.no_grad()
     def out_shapes(self, in_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Per-stage output shapes (without batch) for one input of ``in_shape``."""

@@ -80,10 +80,32 @@ def _channels_last(x: Tensor) -> bool:
 
 
 def _pool(m: nn.Module, x: Tensor) -> Tensor | None:
-    """The lean pool's output when a graph is being built (None: use torch's own forward)."""
-    if m.return_indices or not torch.is_grad_enabled() or not x.requires_grad:
+    """The lean pool's output when a graph is being built, the window max without one
+    (None: use torch's own forward)."""
+    if m.return_indices:
         return None
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return _window_max(m, x)
     return _MaxPoolKeepingIndices.apply(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
+def _window_max(m: nn.Module, x: Tensor) -> Tensor | None:
+    """A pool without graph over non-overlapping k×k windows of a contiguous NCHW map on the
+    CPU, as the maximum of its k² strided slices: the same values (NaN included), ~3 × faster
+    than torch's NCHW max-pool there, which costs about as much as a 3×3 conv of its map
+    (frozen stages, DTP's inverse training, passes before row chunks). None: not that case."""
+    k = m.kernel_size
+    if (x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous() or not isinstance(k, int)
+            or m.stride not in (k, (k, k)) or m.padding not in (0, (0, 0)) or m.dilation not in (1, (1, 1))
+            or m.ceil_mode):
+        return None
+    h, w = x.shape[2] // k * k, x.shape[3] // k * k
+    out = None
+    for i in range(k):
+        for j in range(k):
+            window = x[:, :, i:h:k, j:w:k]
+            out = window.clone(memory_format=torch.contiguous_format) if out is None else torch.maximum(out, window, out=out)
+    return out
 
 
 class MaxPool2d(nn.MaxPool2d):

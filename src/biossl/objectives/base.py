@@ -58,6 +58,18 @@ class Objective(nn.Module):
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def rowwise(self, h: Tensor) -> Tensor:
+        """The loss's row-wise start: row r of the result from row r of ``h`` alone (a
+        projection head); :meth:`coupled` does the rest, which mixes rows (negatives, …):
+        ``forward(h, b) == coupled(rowwise(h), b)``. A rule learning in row chunks
+        (train.stage_chunks) cuts there, so the head's maps are chunked too. The identity
+        by default."""
+        return h
+
+    def coupled(self, z: Tensor, batch: ViewBatch) -> Tensor:
+        """The loss from :meth:`rowwise`' output ``z`` (see there); ``forward`` by default."""
+        return self(z, batch)
+
     def explicit_backward(self, h: Tensor, batch: ViewBatch) -> tuple[Tensor, Tensor]:
         """(loss, ∂loss/∂h) computed from activities, when ``has_explicit_form``."""
         raise NotImplementedError(f"{type(self).__name__} has no explicit form")

@@ -208,7 +208,13 @@ class HingeObjective(Objective):
                                    pool_mode=cfg.head_pool_mode)
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
-        z1, z2 = batch.split(self.head(h).float())
+        return self.coupled(self.rowwise(h), batch)
+
+    def rowwise(self, h: Tensor) -> Tensor:
+        return self.head(h)
+
+    def coupled(self, z: Tensor, batch: ViewBatch) -> Tensor:
+        z1, z2 = batch.split(z.float())
         if self.cfg.grad_block:
             z1 = z1.detach()
         return hinge_loss(z1, z2, self.cfg.tau, self.cfg.delta, self.cfg.negatives, self.cfg.reduction,

@@ -93,5 +93,11 @@ class NTXentObjective(Objective):
         self.head = ProjectionHead(in_shape, cfg.dim, cfg.head_pool, cfg.hidden, pool_mode=cfg.head_pool_mode)
 
     def forward(self, h: Tensor, batch: ViewBatch) -> Tensor:
-        z1, z2 = batch.split(self.head(h).float())
+        return self.coupled(self.rowwise(h), batch)
+
+    def rowwise(self, h: Tensor) -> Tensor:
+        return self.head(h)
+
+    def coupled(self, z: Tensor, batch: ViewBatch) -> Tensor:
+        z1, z2 = batch.split(z.float())
         return ntxent_loss(z1, z2, self.cfg.temperature, self.cfg.reduction, self.replicas)

@@ -19,6 +19,7 @@ from biossl.encoders.base import StageStack
 from biossl.rules.base import make_optimizer
 from biossl.rules.diagnostics import (GradientAngleProbe, compare_gradients, feedback_report,
                                       named_feedback_layers)
+from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.schedules.base import Schedule
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
@@ -45,6 +46,9 @@ class Rule(nn.Module):
         self.train_cfg = train
         self.encoder = encoder
         self.spans = schedule.spans(len(encoder))
+        self.row_chunks = _refuse_row_chunks(train.stage_chunks, transport, encoder)
+        """Chunks of the batch's rows in which a segment's update runs (train.stage_chunks;
+        1: the whole batch at once); the transport reads it."""
         schedule.plan(train.epochs, len(encoder))
         self.objectives = nn.ModuleList(make_objective(span[-1]) for span in self.spans)
         for span, obj in zip(self.spans, self.objectives):
@@ -112,22 +116,16 @@ class Rule(nn.Module):
     # ---- what schedules call -----------------------------------------------------------
     def frozen_input(self, k: int, batch: ViewBatch) -> Tensor:
         """Segment ``k``'s input: the lower stages run frozen, without autograd, one view at
-        a time (their transient maps are the step's memory peak; nothing of them is kept)."""
+        a time or in train.stage_chunks chunks of rows when more (their transient maps are
+        the step's memory peak; nothing of them is kept)."""
         start = self.spans[k].start
         if start == 0:
             return batch.x
-        views = batch.view_rows()
-        with torch.no_grad(), self.autocast():
-            if len(views) == 1:
-                return self.encoder.run(batch.x[views[0]], 0, start)
-            out = None
-            for rows in views:  # each view's map written into one output: no list, no cat
-                part = self.encoder.run(batch.x[rows], 0, start)
-                if out is None:
-                    out = _empty_like_rows(part, batch.x.shape[0])
-                out[rows] = part
-                del part
-        return out
+        n, parts = batch.x.shape[0], batch.view_rows()
+        if self.row_chunks > len(parts):  # train.stage_chunks: smaller parts, smaller transients
+            parts = row_chunks(0, n, self.row_chunks)
+        with torch.no_grad(), self.autocast():  # each part's map written into one output
+            return run_rows(lambda rows: self.encoder.run(batch.x[rows], 0, start), parts, n)
 
     def update(self, k: int, x: Tensor, batch: ViewBatch) -> Update:
         """One complete update of segment ``k`` from its input ``x`` (detached here: the
@@ -206,12 +204,19 @@ class Rule(nn.Module):
             p.load_state(st)
 
 
-def _empty_like_rows(part: Tensor, rows: int) -> Tensor:
-    """An uninitialised tensor of ``rows`` rows shaped, typed and laid out like ``part``."""
-    channels_last = (part.dim() == 4 and not part.is_contiguous()
-                     and part.is_contiguous(memory_format=torch.channels_last))
-    return torch.empty((rows, *part.shape[1:]), dtype=part.dtype, device=part.device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+def _refuse_row_chunks(chunks: int, transport: Transport, encoder: StageStack) -> int:
+    """``chunks``, or IncompatibleRule when row chunks would change the update."""
+    if chunks == 1:
+        return 1
+    if not transport.row_chunked:
+        raise IncompatibleRule(f"train.stage_chunks={chunks} needs a transport whose update can run "
+                               f"in row chunks (bp, rf, urf, sign, targets), not "
+                               f"{transport_name(transport)}; use train.stage_chunks=1")
+    if encoder.mixes_rows():
+        raise IncompatibleRule(f"train.stage_chunks={chunks}: this encoder has batch statistics "
+                               f"(BatchNorm), which chunks of rows would change; use "
+                               f"train.stage_chunks=1 or an encoder without batch norm")
+    return chunks
 
 
 def schedule_name(schedule: Schedule) -> str:

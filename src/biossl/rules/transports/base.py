@@ -78,6 +78,11 @@ class Transport(nn.Module):
     """Every stage learns from a target for its own output (targets), so updates stay
     local (condition (i)) even under an end-to-end schedule."""
 
+    row_chunked: ClassVar[bool] = False
+    """The segment's update can run over the batch's rows in chunks (train.stage_chunks)
+    with the same gradients: autograd through its forward (bp, rf, urf, sign), or stage
+    losses that are sums over rows (targets)."""
+
     replicas: Replicas = ONE_PROCESS
     """The data-parallel replicas sharing each global batch (one process: the identity)."""
 

@@ -30,6 +30,7 @@ class RandomFeedback(Transport):
 
     Config = FeedbackConfig
     mode: ClassVar[str] = "rf"
+    row_chunked = True
 
     def __init__(self, params, run_seed):
         params = params if params is not None else FeedbackConfig()

@@ -11,7 +11,8 @@ stage l ≥ 1; the top stage's error comes from the objective through its head):
 2. **Inverses** (every ``inverse_every`` steps, ``inverse_steps`` times): g_l learns to
    reconstruct h_{l−1} from f_l(h_{l−1} + ε), ε ~ N(0, noise_std²), forward stages frozen.
    By default before the targets, so they use the freshest inverses; ``inverse_order:
-   after_targets`` (the official SSL-DTP code) trains g after the targets are computed.
+   after_targets`` (the official SSL-DTP code) computes every target with the step's initial
+   g: g_l learns right after it made ĥ_{l−1}, while the targets go down (phase 4).
 3. **Top target.** ĥ_L = h_L − eta · ∂L_SSL/∂h_L (the objective on a detached leaf copy of
    h_L; the same backward gives the head its gradient).
 4. **Targets downwards** (no autograd): ĥ_{l−1} = h_{l−1} − g_l(h_l) + g_l(ĥ_l).
@@ -20,6 +21,10 @@ stage l ≥ 1; the top stage's error comes from the objective through its head):
    gradient); 'row_mean' divides by the rows; 'element_mean' (official, ``mse_loss``) is
    the mean over all elements without the ½. Its gradient is the post-synaptic difference
    times the pre-synaptic activity (Hebbian form).
+
+With ``train.stage_chunks`` C > 1 the forward pass keeps no graph (it runs in C chunks of
+rows), and every stage's loss, the targets and the inverses' losses run chunk by chunk —
+the stage forward once more per step for a C-fold smaller graph (issue 18).
 
 With a local schedule every segment is one stage, the top of its own loss: its target
 comes straight from its head and no inverse is learned (the update is then eta × the
@@ -39,6 +44,7 @@ from torch import Tensor, nn
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from biossl.feedback.inverse import build_inverse, check_out_activation
 from biossl.rules.base import check_finite, make_optimizer
+from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.transports.base import Transport, Update
 from biossl.seeds import generator
 
@@ -92,14 +98,18 @@ class TargetsConfig:
 @dataclass
 class Pass:
     """One forward pass of a segment: per-stage outputs with their own graphs."""
-    outs: list[Tensor]
-    """Stage outputs on the active rows, each graph starting at a detached input."""
-    hs: list[Tensor]
-    """The same outputs, detached."""
+    outs: list[Tensor | None]
+    """Stage outputs on the active rows, each graph starting at a detached input (None for a
+    pass without graphs, and once :meth:`Targets.learn_from_targets` spent it)."""
+    hs: list[Tensor | None]
+    """The same outputs, detached (None once no later target or inverse reads it)."""
     top: Tensor
     """Detached top output for every row of the batch (the objective's input)."""
     active: slice
     """Rows of the batch that get targets."""
+    x: Tensor | None = None
+    """The segment's input on the active rows (a view): what its bottom stage recomputes
+    from when the pass kept no graph (row chunks)."""
 
 
 class Targets(Transport):
@@ -119,6 +129,7 @@ class Targets(Transport):
 
     transposes_in_head = True  # the top target is the head's gradient
     local_targets = True
+    row_chunked = True  # every stage's loss is a sum over rows: its graph can run in chunks
 
     def attach(self, rule) -> None:
         cfg = self.params
@@ -167,16 +178,23 @@ class Targets(Transport):
         blocked = batch.first_view_rows() if rule.objectives[k].grad_block else None
         active = slice(blocked.stop if blocked is not None else 0, x.shape[0])
         outs, h = [], x[active]
-        with torch.set_grad_enabled(with_graph and torch.is_grad_enabled()):
+        graph = with_graph and torch.is_grad_enabled()
+        parts = row_chunks(0, h.shape[0], 1 if graph else rule.row_chunks)
+        with torch.set_grad_enabled(graph):
             for i in span:
-                h = rule.encoder.stages[i](h.detach())  # the detach keeps every graph in one stage
+                if len(parts) > 1:  # no graph, in row chunks (train.stage_chunks): smaller transients
+                    h = run_rows(lambda rows, s=rule.encoder.stages[i], h=h: s(h[rows]), parts, h.shape[0])
+                else:
+                    h = rule.encoder.stages[i](h.detach())  # the detach keeps every graph in one stage
                 outs.append(h)
         hs = [o.detach() for o in outs]
+        if not graph:
+            outs = [None] * len(hs)
         top = hs[-1]
         if active.start > 0:  # the first (gradient-blocked) view: no graph, no target
             with torch.no_grad():
                 top = torch.cat([rule.encoder.run(x[: active.start], span.start, span.stop), top])
-        return Pass(outs, hs, top, active)
+        return Pass(outs, hs, top, active, x[active])
 
     def top_target(self, rule, k: int, p: Pass, batch, head_grads: bool = True) -> tuple[Tensor, Tensor]:
         """(SSL loss, ĥ_L on the active rows). The objective sees a detached leaf copy of
@@ -205,28 +223,28 @@ class Targets(Transport):
         return targets
 
     @torch.no_grad()
-    def target_below(self, k: int, j: int, hs: list[Tensor], target: Tensor) -> Tensor:
+    def target_below(self, k: int, j: int, hs: list[Tensor], target: Tensor, chunks: int = 2) -> Tensor:
         """ĥ of the segment's stage j − 1 from ĥ of its stage j (j ≥ 1), detached. Runs g
-        on half the rows at a time, written into the result in place, so the transient
-        maps at stage j − 1's size add up to one map (not g on ĥ and h together, 2 maps,
-        plus their difference)."""
+        on ``chunks`` chunks of the rows at a time (half by default; train.stage_chunks when
+        more), written into the result in place, so the transient maps at stage j − 1's size
+        add up to a fraction of one map (not g on ĥ and h together, 2 maps, plus their
+        difference); an affine g runs once, on ĥ − h (StageInverse.difference)."""
         below, g = hs[j - 1], self.inverses[k][j - 1]
         out = torch.empty_like(below)
         n = below.shape[0]
-        for rows in (slice(0, n // 2), slice(n // 2, n)):
-            if rows.start == rows.stop:
-                continue
-            d = g(target[rows], below.shape[2:])
-            d.sub_(g(hs[j][rows], below.shape[2:])).add_(below[rows])
+        for rows in row_chunks(0, n, max(2, chunks)):
+            d = g.difference(target[rows], hs[j][rows], below.shape[2:]).add_(below[rows])
             out[rows] = d
             del d
         return out
 
-    def inverse_losses(self, rule, k: int, hs: list[Tensor]) -> list[Tensor]:
-        """Denoising reconstruction loss of every g_l of segment k, forward stages frozen."""
+    def inverse_losses(self, rule, k: int, hs: list[Tensor], js=None) -> list[Tensor]:
+        """Denoising reconstruction loss of g_j of segment k for its stages ``js`` (default
+        every stage above the bottom, in order), forward stages frozen; ``hs[j − 1]`` is all
+        that g_j's loss reads."""
         losses = []
         span = rule.spans[k]
-        for j in range(1, len(hs)):
+        for j in (range(1, len(hs)) if js is None else js):
             h = hs[j - 1]
             # data parallel: this rank's rows of the noise one process draws for the global batch
             noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
@@ -269,23 +287,71 @@ class Targets(Transport):
         out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
         return loss.item()
 
-    def train_inverses(self, rule, k: int, p: Pass, batch) -> dict[str, float]:
-        """``inverse_steps`` denoising updates of segment k's inverses; returns the last losses."""
-        hs = p.hs
+    def _learn_in_chunks(self, rule, k: int, j: int, p: Pass, target: Tensor, chunks: int) -> float:
+        """Stage j's loss against ``target`` and its backward, in ``chunks`` chunks of rows: the
+        stage runs again on each chunk of its input (h_{j−1}, or the segment's input) with a
+        graph. The stage losses are sums over rows, so the chunks' losses, each weighted by
+        its share of what the reduction divides by, add up to the whole batch's loss and
+        gradients."""
+        stage = rule.encoder.stages[rule.spans[k].start + j]
+        below = p.hs[j - 1] if j > 0 else p.x
+        n, total = below.shape[0], 0.0
+        for rows in row_chunks(0, n, chunks):
+            with rule.autocast():
+                out = stage(below[rows])
+                (local,) = self.stage_losses([out], [target[rows]])
+            m = rows.stop - rows.start
+            if self.params.target_loss != "sum":  # row_mean, element_mean: mean over the chunk
+                local = local * (m / n)
+            check_finite(local, "DTP stage loss", self.replicas)
+            local.backward()
+            total += local.item()
+            del out, local
+        return total
+
+    def _inverse_in_chunks(self, rule, k: int, j: int, h: Tensor, chunks: int) -> float:
+        """g_j's denoising loss (:meth:`inverse_losses`, the same noise) and its backward in
+        ``chunks`` chunks of rows, each chunk's mean weighted by its share of the rows."""
+        noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
+            shape, generator=self.noise, device=h.device, dtype=h.dtype))
+        noisy.mul_(self.params.noise_std).add_(h)
+        stage, g = rule.encoder.stages[rule.spans[k].start + j], self.inverses[k][j - 1]
+        n, total = h.shape[0], 0.0
+        for rows in row_chunks(0, n, chunks):
+            with rule.autocast():
+                with torch.no_grad():
+                    fh = stage(noisy[rows])
+                loss = F.mse_loss(g(fh, h.shape[2:]), noisy[rows]) * ((rows.stop - rows.start) / n)
+            check_finite(loss, "inverse loss", self.replicas)
+            loss.backward()
+            total += loss.item()
+            del fh, loss
+        return total
+
+    def train_inverses(self, rule, k: int, p: Pass, batch, js=None) -> dict[str, float]:
+        """``inverse_steps`` denoising updates of segment k's inverses g_j, j in ``js`` (default
+        all, in order); returns the last losses. Each g has its own parameters, so one g's
+        updates are the same whether the others learn with it or apart (an optimizer steps
+        only the parameters with gradients)."""
         first = batch.first_view_rows()
-        if self.params.inverse_rows == "one_view" and first is not None and p.active.start == 0:
-            hs = [h[first.stop:] for h in hs]
+        one_view = self.params.inverse_rows == "one_view" and first is not None and p.active.start == 0
+        hs = [h[first.stop:] if one_view and h is not None else h for h in p.hs]
+        js = list(range(1, len(hs)) if js is None else js)
         start = rule.spans[k].start
         for _ in range(self.params.inverse_steps):
             self.optimizer.zero_grad(set_to_none=True)
-            with rule.autocast():
-                fb = self.inverse_losses(rule, k, hs)
-            total = sum(fb)
-            check_finite(total, "inverse loss", self.replicas)
-            total.backward()
-            self.replicas.average_gradients(self.inverses[k].parameters())
+            if rule.row_chunks > 1:  # train.stage_chunks: each g's loss chunk by chunk
+                fb = [self._inverse_in_chunks(rule, k, j, hs[j - 1], rule.row_chunks) for j in js]
+            else:
+                with rule.autocast():
+                    fb = self.inverse_losses(rule, k, hs, js)
+                total = sum(fb)
+                check_finite(total, "inverse loss", self.replicas)
+                total.backward()
+                fb = [v.item() for v in fb]
+            self.replicas.average_gradients(q for j in js for q in self.inverses[k][j - 1].parameters())
             self.optimizer.step()
-        return {f"recon/stage{start + j + 1}": v.item() for j, v in enumerate(fb)}
+        return {f"recon/stage{start + j}": v for j, v in zip(js, fb)}
 
     # ---- the transport's interface ---------------------------------------------------------
     def gradients(self, rule, k, x, batch, *, learn_extra=True):
@@ -296,7 +362,7 @@ class Targets(Transport):
         warm = done < cfg.inverse_warmup
         log: dict[str, float] = {}
         with rule.autocast():
-            p = self.forward_pass(rule, k, x, batch, with_graph=not warm)
+            p = self.forward_pass(rule, k, x, batch, with_graph=not warm and rule.row_chunks == 1)
         turn = warm or done % cfg.inverse_every == 0
         train_g = learn_extra and len(self.inverses[k]) > 0 and cfg.inverse_steps > 0 and turn
         g_first = warm or cfg.inverse_order == "before_targets"
@@ -308,29 +374,36 @@ class Targets(Transport):
             self.steps_done[k] += learn_extra
             return Update(p.top, loss.item(), log, step=False)
         loss, top = self.top_target(rule, k, p, batch)
-        stage_log = self.learn_from_targets(rule, k, p, top)
+        # official order (targets from the previous step's g): g_j learns as soon as it made
+        # ĥ_{j−1}, on its own (the forward weights move only after this method)
+        stage_log = self.learn_from_targets(rule, k, p, top, batch if train_g and not g_first else None,
+                                            rule.row_chunks)
         del top
-        # The forward weights move only after this method, so the inverses may learn after
-        # the stage graphs are freed (the peak holds the forward graphs or the inverses').
-        if train_g and not g_first:  # official order: targets from the previous step's g
-            log.update(self.train_inverses(rule, k, p, batch))
         self.steps_done[k] += learn_extra
         log.update(stage_log)
         return Update(p.top, loss.item(), log)
 
-    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor) -> dict[str, float]:
+    def learn_from_targets(self, rule, k: int, p: Pass, top: Tensor, inverses_of=None,
+                           chunks: int = 1) -> dict[str, float]:
         """From the top stage down: stage l's loss against ĥ_l and its backward (which frees
         stage l's graph), then ĥ_{l−1} from ĥ_l — the same targets and gradients as
         :meth:`propagate_targets` + :meth:`stage_losses` (the per-stage graphs are
-        disjoint), with one target and ever fewer stage graphs alive. Returns the log:
-        'target_loss/stage{l}' and 'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖)."""
+        disjoint), with one target, ever fewer stage graphs and ever fewer activities alive
+        (h_l is dropped from ``p.hs`` once ĥ_{l−1} is made). With ``inverses_of`` (the batch)
+        g_l learns right after it made ĥ_{l−1} (the official order: every target from the
+        step's initial g), one inverse graph at a time. A pass without graphs (``chunks`` > 1,
+        train.stage_chunks) learns each stage in row chunks, its forward run again per chunk
+        (:meth:`_learn_in_chunks`). Returns the log: 'target_loss/stage{l}',
+        'shift/stage{l}' (‖ĥ_l − h_l‖ / ‖h_l‖) and, learning the inverses, 'recon/stage{l}'."""
         start = rule.spans[k].start
-        losses, shifts = {}, {}
+        losses, shifts, recon = {}, {}, {}
         target = top
         for j in range(len(p.hs) - 1, -1, -1):
             h = p.hs[j]
             shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
-            if j == 0:  # the bottom target is needed no more: its storage becomes the error
+            if p.outs[j] is None:  # no graph kept: the stage again, chunk by chunk
+                losses[j] = self._learn_in_chunks(rule, k, j, p, target, chunks)
+            elif j == 0:  # the bottom target is needed no more: its storage becomes the error
                 losses[j] = self._learn_bottom_stage(p.outs[j], target)
             else:
                 with rule.autocast():
@@ -338,12 +411,17 @@ class Targets(Transport):
                 check_finite(local, "DTP stage loss", self.replicas)
                 local.backward()
                 losses[j] = local.item()
-            p.outs[j] = h  # the graph is spent: keep the activity only
+            p.outs[j] = None  # the graph is spent
+            del h
             if j > 0:
                 with rule.autocast():
-                    target = self.target_below(k, j, p.hs, target)
+                    target = self.target_below(k, j, p.hs, target, chunks)
+                if inverses_of is not None:
+                    recon.update(self.train_inverses(rule, k, p, inverses_of, [j]))
+                p.hs[j] = None  # no later target or inverse reads h_l
         log = {f"target_loss/stage{start + j}": losses[j] for j in sorted(losses)}
         log.update({f"shift/stage{start + j}": shifts[j] for j in sorted(shifts)})
+        log.update(dict(sorted(recon.items())))
         return log
 
     def get_extra_state(self):
