@@ -263,3 +263,24 @@ def test_video_quick_cells_build_and_take_a_step():
         rule.start_epoch(0)
         out = rule.step(recipe(x, torch.Generator().manual_seed(0)))
         assert torch.isfinite(torch.tensor(out["loss"])), cell.label
+
+
+def test_channels_last_lays_out_conv3d_weights_and_clips_in_the_3d_format():
+    """train.channels_last on a Conv3d encoder: its 5-D weights and clips become
+    channels_last_3d (a 2-D format would not fit them) and a step gives the same update as
+    the default layout."""
+    from biossl.layout import channels_last, channels_last_weights
+    torch.manual_seed(0)
+    a = vgg8_video(VGG8VideoConfig(width=0.05), 3)
+    b = channels_last_weights(vgg8_video(VGG8VideoConfig(width=0.05), 3))
+    b.load_state_dict(a.state_dict())
+    convs = [p for p in b.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    x = torch.randn(2, 3, 9, 32, 32)
+    assert channels_last(x).is_contiguous(memory_format=torch.channels_last_3d)
+    ya, yb = a(x)[-1], b(channels_last(x))[-1]
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-3, atol=1e-5)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from biossl.config import ConfigError, RunConfig
+from biossl.layout import channels_last_weights
 from biossl.registry import DATASETS, ENCODERS, OBJECTIVES, SCHEDULES, TRANSPORTS, VIEWS, load_all
 from biossl.rules.rule import IncompatibleRule, Rule
 from biossl.precision import autocast_for
@@ -68,7 +69,7 @@ def build_encoder(cfg: RunConfig, recipe, spec, device: torch.device):
     in_channels = recipe.sample_shape(tuple(spec.image_shape))[0]
     enc = ENCODERS.build(cfg.encoder.name, cfg.encoder.params, in_channels).to(device)
     if cfg.train.channels_last:
-        enc = enc.to(memory_format=torch.channels_last)
+        enc = channels_last_weights(enc)
     return enc
 
 

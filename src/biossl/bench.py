@@ -21,6 +21,7 @@ import torch
 
 from biossl.assemble import assemble
 from biossl.config import RunConfig, apply_overrides, build_config, load_raw
+from biossl.layout import channels_last
 from biossl.measure import (matmul_gflops, peak_bytes, reset_peak, rss_tracks_tensors, seconds_per_call,
                             step_flops)
 from biossl.naming import rule_name
@@ -85,8 +86,8 @@ class _Cell:
     def _step(self) -> None:
         # the rule scopes train.precision to its forward computations (assemble sets it)
         batch = self.asm.recipe(self.x, self.gen)
-        if self.cfg.train.channels_last and batch.x.dim() == 4:  # as the trainer does
-            batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+        if self.cfg.train.channels_last:  # as the trainer does
+            batch.x = channels_last(batch.x)
         self.asm.rule.step(batch)
 
     def flops(self) -> int:

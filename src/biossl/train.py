@@ -39,6 +39,7 @@ from biossl.data import load_dataset
 from biossl.distributed.launch import World, batchnorm_note
 from biossl.distributed.part import Part, take_part
 from biossl.divergence import LossWatch
+from biossl.layout import channels_last
 from biossl.naming import rule_name
 from biossl.resume import (StartPoint, TrainingDiverged, check_resumable_changes, prepare_fresh,
                            prepare_resume, remedy_settings, show_changes)
@@ -407,8 +408,8 @@ class _Loop:
                 idx = order[self.step_in_epoch * bs:(self.step_in_epoch + 1) * bs][mine]
                 x = images[idx.to(images.device)].to(device, non_blocking=True)
                 batch = recipe(x, self.view_gen)
-                if cfg.train.channels_last and batch.x.dim() == 4:
-                    batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+                if cfg.train.channels_last:
+                    batch.x = channels_last(batch.x)
                 try:
                     out = rule.step(batch)
                     # all processes agree: the global loss (mean of the ranks'), a stop any of

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biossl.layout import FORMATS
+
 Activation = Literal["relu", "hardtanh", "tanh", "leaky_relu", "identity"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -75,7 +77,7 @@ class _MaxPoolKeepingIndices(torch.autograd.Function):
 
 def _channels_last(x: Tensor) -> bool:
     """Whether ``x`` (4-D or 5-D) is laid out channels-last (and not also contiguous)."""
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    fmt = FORMATS.get(x.dim())
     return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
