@@ -230,10 +230,6 @@ class StagePipeline:
         return self.rule.optimizers
 
     @property
-    def schedule(self):
-        return self.rule.schedule
-
-    @property
     def encoder(self):
         return self.rule.encoder
 
