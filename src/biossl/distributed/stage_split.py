@@ -18,6 +18,7 @@ from typing import Sequence
 
 from torch.utils.flop_counter import FlopCounterMode
 
+from biossl.measure import sync
 from biossl.views.batch import ViewBatch
 
 
@@ -81,7 +82,6 @@ def update_seconds(rule, batch: ViewBatch, repeats: int = 3) -> list[float]:
     small share, is left out."""
     times: list[list[float]] = [[] for _ in rule.spans]
     device = batch.x.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     for r in range(repeats + 1):
         x = batch.x
         for k in range(len(rule.spans)):
