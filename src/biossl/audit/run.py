@@ -157,8 +157,8 @@ def sample(asm, batch: int):
 
 
 def head_names(rule) -> list[str]:
-    """The name of each segment's objective (as ``Rule.segment_groups`` names it)."""
-    return ["head" if len(rule.spans) == 1 else f"head{k}" for k in range(len(rule.spans))]
+    """The name of each segment's objective (``Rule.head_name``)."""
+    return [rule.head_name(k) for k in range(len(rule.spans))]
 
 
 def module_tags(rule) -> dict[nn.Module, str]:
