@@ -110,12 +110,11 @@ def _audit(cfg: RunConfig, batch: int, device: str, prepare) -> AuditReport:
         rec.register(b.x, "data", "input batch")
     restore = capture_updates(rule, obs, names, groups)
     done: list[int] = []
+    wanted = {g for g in groups.values() if network[g]}  # the network's groups that have parameters
     try:
         with rec.hooked():
             for i, b in enumerate(batches):
-                wanted = {g for n, g in groups.items() if network[g]}  # groups that have parameters
-                have = {u.group for u in obs.updates}
-                if done and wanted <= have:  # every group of the network has been updated
+                if done and wanted <= {u.group for u in obs.updates}:  # every one has been updated
                     break
                 e = epochs_plan[i % len(epochs_plan)]
                 rule.start_epoch(e)
@@ -158,8 +157,8 @@ def sample(asm, batch: int):
 
 
 def head_names(rule) -> list[str]:
-    """The name of each segment's objective (as ``Rule.segment_groups`` names it)."""
-    return ["head" if len(rule.spans) == 1 else f"head{k}" for k in range(len(rule.spans))]
+    """The name of each segment's objective (``Rule.head_name``)."""
+    return [rule.head_name(k) for k in range(len(rule.spans))]
 
 
 def module_tags(rule) -> dict[nn.Module, str]:

@@ -166,11 +166,14 @@ class Rule(nn.Module):
         """How errors name segment k's loss: 'loss' end-to-end, 'loss of stage i' when local."""
         return "loss" if len(self.spans) == 1 else f"loss of stage {self.spans[k].start}"
 
+    def head_name(self, k: int) -> str:
+        """Segment ``k``'s objective's name in reports ('head' when there is one segment)."""
+        return "head" if len(self.spans) == 1 else f"head{k}"
+
     def segment_groups(self, k: int) -> dict[str, list[nn.Parameter]]:
         """Segment ``k``'s parameters by stage, and its head's."""
-        head = "head" if len(self.spans) == 1 else f"head{k}"
         return {**{f"stage{i}": list(self.encoder.stages[i].parameters()) for i in self.spans[k]},
-                head: [p for p in self.objectives[k].parameters() if p.requires_grad]}
+                self.head_name(k): [p for p in self.objectives[k].parameters() if p.requires_grad]}
 
     def angles(self, batch: ViewBatch, k: int = 0) -> dict[str, float]:
         """The angle between segment ``k``'s update and its back-propagation gradient on
