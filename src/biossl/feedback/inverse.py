@@ -16,12 +16,12 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biossl.config import ConfigError  # a ValueError: the encoder/rule pair is a config mistake
 from biossl.encoders.layers import activation
+from biossl.layout import channels_last
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.ELU, nn.GELU, nn.SiLU, nn.Identity)
@@ -201,7 +201,7 @@ class StageInverse(nn.Module):
         # NCHW ones (which it reorders): g works channels-last and answers in h's layout
         back = h.dim() == 4 and h.device.type == "cpu" and h.is_contiguous()
         if back:
-            h = h.contiguous(memory_format=torch.channels_last)
+            h = channels_last(h)
         out = self._maps(h, in_size, bias)
         return out.contiguous() if back else out
 
