@@ -286,7 +286,7 @@ class Targets(Transport):
             # 'sum' over this rank's rows is its share of the global sum: × loss_scale (see stage_losses)
             scale = (self.replicas.loss_scale if rule == "sum" else 1.0 / out.shape[0] if rule == "row_mean"
                      else 2.0 / out.numel())
-            loss = sq * (0.5 * scale if rule != "element_mean" else 1.0 / out.numel())
+            loss = sq * (0.5 * scale)  # element_mean: ½ · 2/numel, the mean (exact: × powers of 2)
         check_finite(loss, "DTP stage loss", self.replicas)
         out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
         return loss.item()
