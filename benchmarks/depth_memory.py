@@ -4,7 +4,7 @@ Memory of a step is deterministic (unlike its time on a loaded machine), so this
 memory pass of `biossl bench` alone: per cell one warm-up step (allocator, lazy init, Adam
 states), then the peak over ``--steps`` steps above the resident set before them, with
 glibc serving large allocations by mmap (biossl.measure). The first cell of each batch
-size is the reference of the ratios (list e2e-bp first). Usage:
+size (encoder and views: bench.reference_key) is the reference of the ratios (list e2e-bp first). Usage:
   PYTHONPATH=src python benchmarks/depth_memory.py --batch 256 --set train.threads=1 \
       biossl-t1 "biossl-t1@all schedule.name=greedy train.epochs=5 transport.name=urf ..."
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from biossl.bench import _Cell, command_line_cells, with_batch_sizes
+from biossl.bench import _Cell, command_line_cells, reference_key, with_batch_sizes
 from biossl.measure import rss_tracks_tensors
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         cell.steps(1)
         cell.measure_peak(args.steps)
         mib = cell.peak_bytes / 2**20
-        ref = refs.setdefault((cfg.encoder.name, cfg.train.batch_size), mib)
+        ref = refs.setdefault(reference_key(cfg), mib)
         rows.append({"label": label, "batch_size": cfg.train.batch_size, "peak_mib": mib, "vs_ref": mib / ref})
         print(f"{label:70s} {mib:8.1f} MiB  {mib / ref:5.2f} ×", flush=True)
         del cell

@@ -101,6 +101,12 @@ class _Cell:
         self.peak_bytes = max(0, peak_bytes(self.asm.device) - base)
 
 
+def reference_key(cfg: RunConfig) -> tuple[str, str, int]:
+    """The cells whose ratios are comparable share this: encoder, views and batch size (the
+    first cell with a key is the reference of the others)."""
+    return cfg.encoder.name, cfg.views.name, cfg.train.batch_size
+
+
 def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                   rounds: int = 3, progress: bool = True) -> list[dict]:
     """Measure every (label, config[, schedule epoch]) in this process; each row's ratios are
@@ -143,8 +149,8 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     # each row against the first cell on the same encoder, views and batch size (their
     # e2e-bp baseline when the cells list it first): other nets or batches are not comparable
     refs: dict[tuple[str, str, int], dict] = {}
-    for r in out:
-        ref = refs.setdefault((r["encoder"], r["views"], r["batch_size"]), r)
+    for c, r in zip(built, out):
+        ref = refs.setdefault(reference_key(c.cfg), r)
         r["reference"] = ref["label"]
         r["step_time_vs_ref"] = r["step_ms"] / ref["step_ms"]
         r["images_per_s_vs_ref"] = r["images_per_s"] / ref["images_per_s"]

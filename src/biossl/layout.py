@@ -17,6 +17,18 @@ def channels_last(x: Tensor) -> Tensor:
     return x if fmt is None else x.contiguous(memory_format=fmt)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last for its rank (and not also contiguous, as a
+    map with one channel or one pixel is in both layouts)."""
+    fmt = FORMATS.get(x.dim())
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """The memory format that lays a new tensor of ``x``'s rank out as ``x`` is."""
+    return FORMATS[x.dim()] if is_channels_last(x) else torch.contiguous_format
+
+
 def channels_last_weights(module: nn.Module) -> nn.Module:
     """Every conv weight of ``module`` in its rank's channels-last layout, in place."""
     for p in module.parameters():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biossl.layout import FORMATS
+from biossl.layout import is_channels_last
 
 Activation = Literal["relu", "hardtanh", "tanh", "leaky_relu", "identity"]
 
@@ -55,7 +55,7 @@ class _MaxPoolKeepingIndices(torch.autograd.Function):
         pool = F.max_pool2d if x.dim() == 4 else F.max_pool3d
         y, idx = pool(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
         ctx.save_for_backward(idx)
-        ctx.input = (x.shape, _channels_last(x))
+        ctx.input = (x.shape, is_channels_last(x))
         return y
 
     @staticmethod
@@ -73,12 +73,6 @@ class _MaxPoolKeepingIndices(torch.autograd.Function):
         out = grad.new_zeros(shape)
         out.view(n, c, -1).scatter_add_(2, idx.reshape(n, c, -1), grad.reshape(n, c, -1))
         return out, None, None, None, None, None
-
-
-def _channels_last(x: Tensor) -> bool:
-    """Whether ``x`` (4-D or 5-D) is laid out channels-last (and not also contiguous)."""
-    fmt = FORMATS.get(x.dim())
-    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
 def _pool(m: nn.Module, x: Tensor) -> Tensor | None:

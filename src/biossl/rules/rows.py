@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from biossl.layout import memory_format
+
 
 def row_chunks(start: int, stop: int, chunks: int) -> list[slice]:
     """Rows ``start:stop`` in ``chunks`` nearly equal consecutive slices (fewer when there
@@ -41,7 +43,5 @@ def run_rows(fn: Callable[[slice], Tensor], parts: Sequence[slice], rows: int) -
 
 def empty_like_rows(part: Tensor, rows: int) -> Tensor:
     """An uninitialised tensor of ``rows`` rows shaped, typed and laid out like ``part``."""
-    channels_last = (part.dim() == 4 and not part.is_contiguous()
-                     and part.is_contiguous(memory_format=torch.channels_last))
     return torch.empty((rows, *part.shape[1:]), dtype=part.dtype, device=part.device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                       memory_format=memory_format(part))

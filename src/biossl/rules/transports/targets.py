@@ -238,6 +238,13 @@ class Targets(Transport):
             del d
         return out
 
+    def _noisy(self, h: Tensor) -> Tensor:
+        """h + ε, ε ~ N(0, noise_std²) from the inverses' noise stream: g's training input."""
+        # data parallel: this rank's rows of the noise one process draws for the global batch
+        noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
+            shape, generator=self.noise, device=h.device, dtype=h.dtype))
+        return noisy.mul_(self.params.noise_std).add_(h)  # in place: no extra full-size temporaries
+
     def inverse_losses(self, rule, k: int, hs: list[Tensor], js=None) -> list[Tensor]:
         """Denoising reconstruction loss of g_j of segment k for its stages ``js`` (default
         every stage above the bottom, in order), forward stages frozen; ``hs[j − 1]`` is all
@@ -246,10 +253,7 @@ class Targets(Transport):
         span = rule.spans[k]
         for j in (range(1, len(hs)) if js is None else js):
             h = hs[j - 1]
-            # data parallel: this rank's rows of the noise one process draws for the global batch
-            noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
-                shape, generator=self.noise, device=h.device, dtype=h.dtype))
-            noisy.mul_(self.params.noise_std).add_(h)  # in place: no extra full-size temporaries
+            noisy = self._noisy(h)
             with torch.no_grad():
                 fh = rule.encoder.stages[span.start + j](noisy)
             rec = self.inverses[k][j - 1](fh, h.shape[2:])
@@ -282,7 +286,7 @@ class Targets(Transport):
             # 'sum' over this rank's rows is its share of the global sum: × loss_scale (see stage_losses)
             scale = (self.replicas.loss_scale if rule == "sum" else 1.0 / out.shape[0] if rule == "row_mean"
                      else 2.0 / out.numel())
-            loss = sq * (0.5 * scale if rule != "element_mean" else 1.0 / out.numel())
+            loss = sq * (0.5 * scale)  # element_mean: ½ · 2/numel, the mean (exact: × powers of 2)
         check_finite(loss, "DTP stage loss", self.replicas)
         out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
         return loss.item()
@@ -312,9 +316,7 @@ class Targets(Transport):
     def _inverse_in_chunks(self, rule, k: int, j: int, h: Tensor, chunks: int) -> float:
         """g_j's denoising loss (:meth:`inverse_losses`, the same noise) and its backward in
         ``chunks`` chunks of rows, each chunk's mean weighted by its share of the rows."""
-        noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
-            shape, generator=self.noise, device=h.device, dtype=h.dtype))
-        noisy.mul_(self.params.noise_std).add_(h)
+        noisy = self._noisy(h)
         stage, g = rule.encoder.stages[rule.spans[k].start + j], self.inverses[k][j - 1]
         n, total = h.shape[0], 0.0
         for rows in row_chunks(0, n, chunks):
