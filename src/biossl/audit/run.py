@@ -138,13 +138,14 @@ def sample(asm, batch: int):
     """(images, labels, where they came from): the first images of the training split and
     their labels, or random images and labels when the dataset is not on this machine."""
     from biossl.data import load_dataset
+    from biossl.data.base import DatasetError
     cfg = asm.cfg
     try:
         data = load_dataset(cfg.data.name, asm.spec.ssl_split, root=cfg.data.root, download=False)
         # a view of the split's labels: the tag covers the whole label tensor the dataset loaded
         x, y = data.images[:batch], data.labels[:batch]
         source = f"{cfg.data.name}/{asm.spec.ssl_split}, first {batch}"
-    except Exception as e:  # absent dataset: the audit checks code, not data
+    except (DatasetError, OSError) as e:  # absent dataset: the audit checks code, not data (a loader bug still raises)
         g = torch.Generator().manual_seed(0)
         shape = tuple(asm.spec.image_shape)
         if len(shape) == 2:  # waveform segments (C, T)
