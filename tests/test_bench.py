@@ -134,3 +134,13 @@ def test_batch_sizes_multiply_the_cells_batch_major():
         ("fmnist-bp-hinge b16", 16, 0), ("fmnist-gll-hinge@1 b16", 16, 1)]
     assert cells[0][1].train.batch_size not in (8, 16)  # the originals are untouched
     assert with_batch_sizes(cells, []) == cells
+
+
+def test_cells_of_one_recipe_and_rule_are_named_by_the_settings_that_differ():
+    from biossl.bench import command_line_cells, distinct_labels
+    specs = ["fmnist-bp-hinge train.lr=0.01", "fmnist-bp-hinge train.lr=0.002", "fmnist-gll-hinge@1"]
+    cells = distinct_labels([c for s in specs for c in command_line_cells(s, ["train.seed=3"])])
+    labels = [label for label, _, _ in cells]
+    assert labels == ["fmnist-bp-hinge e2e-bp train.lr=0.01", "fmnist-bp-hinge e2e-bp train.lr=0.002",
+                      "fmnist-gll-hinge@1"]
+    assert len(set(labels)) == len(labels)

@@ -257,9 +257,31 @@ def with_batch_sizes(cells: list[tuple], batch_sizes: list[int]) -> list[tuple]:
     return out
 
 
+def distinct_labels(cells: list[tuple]) -> list[tuple]:
+    """Cells whose labels collide (the same recipe and rule with other overrides, e.g.
+    ``speech-cpc encoder.channels=512`` next to ``speech-cpc``) gain the settings in which
+    they differ from each other, so every row of the table names its cell."""
+    from biossl.rundir import flat_config
+    groups: dict[str, list[int]] = {}
+    for i, (label, *_) in enumerate(cells):
+        groups.setdefault(label, []).append(i)
+    out = list(cells)
+    for label, idx in groups.items():
+        if len(idx) < 2:
+            continue
+        flat = [flat_config(cells[i][1].to_dict()) for i in idx]
+        keys = sorted(k for k in set().union(*flat) if k != "name"
+                      and len({repr(f.get(k)) for f in flat}) > 1)
+        for i, f in zip(idx, flat):
+            extra = " ".join(f"{k}={f.get(k)}" for k in keys)
+            out[i] = (f"{label} {extra}".strip(), *cells[i][1:])
+    return out
+
+
 def main(args) -> int:
     if args.configs:
         cells = [cell for c in args.configs for cell in command_line_cells(c, args.overrides)]
+        cells = distinct_labels(cells)
     else:
         cells = default_cells(args.overrides)
     cells = with_batch_sizes(cells, args.batch or [])
