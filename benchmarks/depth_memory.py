@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from biossl.bench import _Cell, command_line_cells, reference_key, with_batch_sizes
+from biossl.bench import BenchCell, command_line_cells, distinct_labels, reference_key, with_batch_sizes
 from biossl.measure import rss_tracks_tensors
 
 
@@ -29,12 +29,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON rows to write")
     args = ap.parse_args()
-    cells = with_batch_sizes([c for spec in args.cells for c in command_line_cells(spec, args.overrides)],
+    cells = with_batch_sizes(distinct_labels([c for spec in args.cells for c in command_line_cells(spec, args.overrides)]),
                              args.batch)
     rss_tracks_tensors()
     rows, refs = [], {}
     for label, cfg, *epoch in cells:
-        cell = _Cell(label, cfg, *epoch)
+        cell = BenchCell(label, cfg, *epoch)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         cell.steps(1)

@@ -66,7 +66,10 @@ def _batch(asm, batch_size: int) -> torch.Tensor:
     return x.to(asm.device)
 
 
-class _Cell:
+class BenchCell:
+    """One benched configuration: its assembled rule at a schedule position, a fixed random
+    batch and a view generator; times its steps and views and measures its peak memory."""
+
     def __init__(self, label: str, cfg: RunConfig, epoch: int = 0):
         self.label, self.cfg = label, cfg
         self.asm = assemble(cfg)
@@ -120,7 +123,7 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                          f"warmup={warmup}, rounds={rounds}")
     built = []
     for label, cfg, *epoch in cells:
-        c = _Cell(label, cfg, *epoch)
+        c = BenchCell(label, cfg, *epoch)
         if warmup:
             c.steps(warmup)  # allocator warm-up, lazy init
         built.append(c)
