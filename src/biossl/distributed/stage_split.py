@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -56,45 +56,48 @@ def group_ranges(stages: int, split: Sequence[int]) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def update_flops(rule, batch: ViewBatch) -> list[float]:
-    """FLOPs of each segment's update (forward, loss, backward) on ``batch``; nothing of the
-    rule changes (no optimizer step, the objectives' draws are replayed, gradients cleared)."""
-    costs = []
-    x = batch.x
+def _measured_updates(rule, batch: ViewBatch, measure: Callable[[Callable], float]) -> list[float]:
+    """``measure(update)`` of each segment's update (forward, loss, backward) on ``batch``, each
+    segment on its predecessor's output; nothing of the rule changes (no optimizer step, the
+    objectives' draws are replayed, gradients cleared)."""
+    values, x = [], batch.x
     for k in range(len(rule.spans)):
         obj = rule.objectives[k]
         draws = obj.draw_state()
-        counter = FlopCounterMode(display=False)
-        with counter:
-            u = rule.transport.gradients(rule, k, x.detach(), batch, learn_extra=False)
+        out = []
+
+        def update(k=k, x=x):
+            out.append(rule.transport.gradients(rule, k, x.detach(), batch, learn_extra=False).out)
+
+        values.append(measure(update))
         obj.set_draw_state(draws)
-        costs.append(float(counter.get_total_flops()))
-        x = u.out
+        x = out[-1]
     for p in rule.parameters():
         p.grad = None
-    return costs
+    return values
 
+
+def update_flops(rule, batch: ViewBatch) -> list[float]:
+    """FLOPs of each segment's update on ``batch`` (see :func:`_measured_updates`)."""
+    def flops(update) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            update()
+        return float(counter.get_total_flops())
+    return _measured_updates(rule, batch, flops)
 
 
 def update_seconds(rule, batch: ViewBatch, repeats: int = 3) -> list[float]:
-    """Median seconds of each segment's update (forward, loss, backward) on ``batch`` after one
-    warm-up; nothing of the rule changes (as :func:`update_flops`). The optimizer step, a
-    small share, is left out."""
-    times: list[list[float]] = [[] for _ in rule.spans]
+    """Median seconds of each segment's update on ``batch`` after one warm-up (see
+    :func:`_measured_updates`). The optimizer step, a small share, is left out."""
     device = batch.x.device
-    for r in range(repeats + 1):
-        x = batch.x
-        for k in range(len(rule.spans)):
-            obj = rule.objectives[k]
-            draws = obj.draw_state()
-            sync(device)
-            t0 = time.perf_counter()
-            u = rule.transport.gradients(rule, k, x.detach(), batch, learn_extra=False)
-            sync(device)
-            if r:
-                times[k].append(time.perf_counter() - t0)
-            obj.set_draw_state(draws)
-            x = u.out
-    for p in rule.parameters():
-        p.grad = None
-    return [statistics.median(t) for t in times]
+
+    def seconds(update) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        update()
+        sync(device)
+        return time.perf_counter() - t0
+    _measured_updates(rule, batch, seconds)  # warm-up
+    runs = [_measured_updates(rule, batch, seconds) for _ in range(repeats)]
+    return [statistics.median(t) for t in zip(*runs)]
