@@ -399,6 +399,36 @@ def test_objective_shares_average_to_the_global_loss_and_gradient(variant):
 
 
 # ---- the launch: errors that name the fix --------------------------------------------------
+def _setup_worker(rank: int, port: int, error: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from biossl.distributed.launch import PeerFailed, World
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+
+    def set_up():  # rank 0's set-up, interrupted as a signal handler or a user error would
+        raise {"exit": SystemExit(143), "interrupt": KeyboardInterrupt(), "error": ValueError("bad")}[error]
+    try:
+        World(rank, WORLD).from_main(set_up)
+        seen = "returned"
+    except PeerFailed as e:
+        seen = f"peer {e.exit_code}"
+    except BaseException as e:
+        seen = type(e).__name__
+    (Path(out_dir) / f"{rank}").write_text(seen)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("error,code", [("exit", 143), ("interrupt", 130), ("error", 2)])
+def test_a_set_up_stopped_on_rank_0_stops_every_rank_with_its_code(tmp_path, error, code):
+    # rank 0's set-up ends by SystemExit (SIGTERM's handler) or KeyboardInterrupt, not only an
+    # Exception: the other ranks must hear of it (they waited on the broadcast until timeout)
+    mp.start_processes(_setup_worker, args=(_free_port(), error, str(tmp_path)), nprocs=WORLD,
+                       start_method="fork")
+    seen = [(tmp_path / f"{r}").read_text() for r in range(WORLD)]
+    assert seen[1] == f"peer {code}"
+    assert seen[0] == {"exit": "SystemExit", "interrupt": "KeyboardInterrupt", "error": "ValueError"}[error]
+
+
 def test_launch_environment_is_checked():
     from biossl.distributed.launch import LaunchError, World
     assert World.from_env({}).size == 1

@@ -104,6 +104,15 @@ def _int(env: Mapping[str, str], key: str) -> int:
         raise LaunchError(f"{key}={env[key]!r} is not an integer; {HOW}") from None
 
 
+def _exit_code(e: BaseException) -> int:
+    """The exit status the other ranks take on for rank 0's set-up error ``e``."""
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else 1
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    return getattr(e, "exit_code", 2)
+
+
 @dataclass
 class World:
     rank: int = 0
@@ -281,9 +290,8 @@ class World:
         if self.is_main:
             try:
                 box[0] = ("ok", fn())
-            except Exception as e:
-                code = getattr(e, "exit_code", 2)
-                dist.broadcast_object_list([("error", f"{e}", code)], src=0)
+            except BaseException as e:  # a signal's SystemExit too: the others must not wait on
+                dist.broadcast_object_list([("error", f"{e}", _exit_code(e))], src=0)
                 raise
         dist.broadcast_object_list(box, src=0)
         if box[0][0] == "error":
