@@ -79,6 +79,9 @@ class InfoNCEObjective(PredictiveObjective):
         # data parallel: this rank's contexts, negatives drawn over every replica's futures
         # with the stream all replicas share (the mean over own contexts is size × share)
         grid_all = self.replicas.rows(grid)
+        # one unbind: its backward stacks the steps' gradients once (indexing w_pred[t] per
+        # step would zero-fill and add a full (K, C, C) gradient per step)
+        w_pred = self.w_pred.unbind(0)
         for t, off in steps:
             c, z = context_future(grid, off)
             c, z = c.reshape(-1, c.shape[-1]), z.reshape(-1, z.shape[-1])
@@ -88,7 +91,7 @@ class InfoNCEObjective(PredictiveObjective):
             # offsets in [1, m): a context's own future is never one of its negatives
             shift = torch.randint(1, m, (m, self.cfg.negatives), generator=self.generator)
             neg_idx = ((torch.arange(m)[:, None] + shift) % m)[self.replicas.own(z.shape[0])].to(z.device)
-            logits = infonce_scores(c @ self.w_pred[t].t(), z, neg_idx, z_all)
+            logits = infonce_scores(c @ w_pred[t].t(), z, neg_idx, z_all)
             target = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)  # own contexts
             total = total + F.cross_entropy(logits, target)
         return total / len(steps)
