@@ -270,6 +270,8 @@ def _say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from biossl.hugepages import large_tensors_on_huge_pages
+    large_tensors_on_huge_pages()  # before the first tensor: torch reads it once
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "train":

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biossl.encoders.thin_conv import ThinInputConv1d
 from biossl.layout import is_channels_last
 
 Activation = Literal["relu", "hardtanh", "tanh", "leaky_relu", "identity"]
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV = {1: ThinInputConv1d, 2: nn.Conv2d, 3: nn.Conv3d}  # 1-D: a GEMM on a thin input (the waveform)
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 

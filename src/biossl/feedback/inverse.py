@@ -89,6 +89,11 @@ def _out_size(m: nn.Module, size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _transposed_type(conv: nn.Module) -> type[nn.Module]:
+    """The ConvTranspose class of ``conv``'s dimension (subclasses too: ThinInputConv1d)."""
+    return next(t for c, t in _CONV_TRANSPOSE.items() if isinstance(conv, c))
+
+
 def _transpose(conv: nn.Module, bias: bool) -> nn.Module:
     n = conv.weight.dim() - 2
     if isinstance(conv.padding, str):
@@ -97,7 +102,7 @@ def _transpose(conv: nn.Module, bias: bool) -> nn.Module:
         pad = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d)) if conv.padding == "same" else 0
     else:
         pad = conv.padding
-    return _CONV_TRANSPOSE[type(conv)](conv.out_channels, conv.in_channels, conv.kernel_size,
+    return _transposed_type(conv)(conv.out_channels, conv.in_channels, conv.kernel_size,
                                    stride=conv.stride, padding=pad, dilation=conv.dilation,
                                    groups=conv.groups, bias=bias)
 
@@ -126,7 +131,7 @@ def _unpool_transpose(conv: nn.Module, pool: nn.Module, bias: bool) -> nn.Module
     """
     n = conv.weight.dim() - 2
     k, s = _tuple(conv.kernel_size, n), _tuple(pool.stride or pool.kernel_size, n)
-    return _CONV_TRANSPOSE[type(conv)](
+    return _transposed_type(conv)(
         conv.out_channels, conv.in_channels, tuple(kk + ss - 1 for kk, ss in zip(k, s)), stride=s,
         padding=tuple((kk - 1) // 2 for kk in k), groups=conv.groups, bias=bias)
 

@@ -27,11 +27,12 @@ def infonce_scores(pred: Tensor, z: Tensor, neg_idx: Tensor, candidates: Tensor 
     ``candidates`` (default z; data parallel: every replica's futures).
     """
     candidates = z if candidates is None else candidates
-    pos = (z * pred).sum(-1, keepdim=True)
     # index_select: its backward is an index_add (advanced indexing's sorts the indices)
     zn = candidates.index_select(0, neg_idx.flatten()).view(*neg_idx.shape, z.shape[-1])
-    neg = torch.bmm(zn, pred.unsqueeze(-1)).squeeze(-1)
-    return torch.cat([pos, neg], dim=1)
+    # J dot products per row: vecdot, not a bmm of M (J×D)·(D×1) products (on the CPU its
+    # backward's outer products cost ~2× the whole scoring)
+    neg = torch.linalg.vecdot(zn, pred.unsqueeze(1))
+    return torch.cat([torch.linalg.vecdot(z, pred).unsqueeze(1), neg], dim=1)
 
 
 @dataclass
@@ -78,15 +79,19 @@ class InfoNCEObjective(PredictiveObjective):
         # data parallel: this rank's contexts, negatives drawn over every replica's futures
         # with the stream all replicas share (the mean over own contexts is size × share)
         grid_all = self.replicas.rows(grid)
+        # one unbind: its backward stacks the steps' gradients once (indexing w_pred[t] per
+        # step would zero-fill and add a full (K, C, C) gradient per step)
+        w_pred = self.w_pred.unbind(0)
         for t, off in steps:
             c, z = context_future(grid, off)
             c, z = c.reshape(-1, c.shape[-1]), z.reshape(-1, z.shape[-1])
-            z_all = context_future(grid_all, off)[1].reshape(-1, z.shape[-1])
+            # one replica: the candidates are the own futures (not a second copy of the cut)
+            z_all = z if grid_all is grid else context_future(grid_all, off)[1].reshape(-1, z.shape[-1])
             m = z_all.shape[0]
             # offsets in [1, m): a context's own future is never one of its negatives
             shift = torch.randint(1, m, (m, self.cfg.negatives), generator=self.generator)
             neg_idx = ((torch.arange(m)[:, None] + shift) % m)[self.replicas.own(z.shape[0])].to(z.device)
-            logits = infonce_scores(c @ self.w_pred[t].t(), z, neg_idx, z_all)
+            logits = infonce_scores(c @ w_pred[t].t(), z, neg_idx, z_all)
             target = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)  # own contexts
             total = total + F.cross_entropy(logits, target)
         return total / len(steps)
