@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from biossl.feedback.inverse import build_inverse, check_out_activation
+from biossl.layout import channels_last
 from biossl.rules.base import check_finite, make_optimizer
 from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.transports.base import Transport, Update
@@ -165,6 +166,10 @@ class Targets(Transport):
             for span in rule.spans)
         device = next(rule.encoder.parameters()).device
         self.inverses.to(device)
+        if device.type == "cpu":  # g works channels-last on 2-D maps there (StageInverse): its conv
+            for q in self.inverses.parameters():  # weights too, so no call copies them, nor their gradients back
+                if q.dim() == 4:
+                    q.data = channels_last(q.data)
         self.starts = [span.start for span in rule.spans]
         self.steps_done = [0] * len(rule.spans)
         self.noise = generator(self.run_seed, "inverse-noise", device=device)
@@ -304,7 +309,7 @@ class Targets(Transport):
         below it to make) the target's storage becomes the error: no further map."""
         with torch.no_grad():
             h = out.detach()
-            err = target.neg_().add_(h) if spend_target else torch.sub(h, target)
+            err = torch.sub(h, target, out=target if spend_target else None)
             sq = _squared_norm(err)
             shift = (sq.sqrt() / h.norm().clamp_min(1e-12)).item()
             rule = self.params.target_loss
