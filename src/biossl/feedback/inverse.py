@@ -198,14 +198,17 @@ class StageInverse(nn.Module):
     def difference(self, a: Tensor, b: Tensor, in_size: Sequence[int] = (), plus: Tensor | None = None,
                    out: Tensor | None = None) -> Tensor:
         """g(a) − g(b), plus ``plus`` when given (DTP's ĥ_{l−1} = h_{l−1} + g(ĥ_l) − g(h_l)),
-        in a's layout (``plus``'s when given), written into ``out`` when given. For an affine g
-        its linear part (no biases) on a − b: one pass of g instead of two (every stage whose
-        stage below has no nonlinearity); equal in exact arithmetic. The difference is taken
-        in g's working layout and goes back once, fused with the sum (a layout change of a
-        large map costs several plain copies on the CPU)."""
+        in a's layout (``plus``'s when given), written into ``out`` when given (``plus`` and
+        ``out`` without autograd, as DTP makes its targets). For an affine g its linear part
+        (no biases) on a − b: one pass of g instead of two (every stage whose stage below has
+        no nonlinearity); equal in exact arithmetic. The difference is taken in g's working
+        layout and goes back once, fused with the sum (a layout change of a large map costs
+        several plain copies on the CPU)."""
         working = self._works_channels_last(a)
         if self.affine():
-            d = self._maps(torch.sub(a, b, out=_like_channels_last(a)) if working else a - b, in_size, bias=False)
+            fused = working and not torch.is_grad_enabled()  # a − b written channels-last in one pass
+            d = a - b if not fused else torch.sub(a, b, out=_like_channels_last(a))
+            d = self._maps(self._in_working_layout(d), in_size, bias=False)
         else:
             d = self._maps(self._in_working_layout(a), in_size, bias=True)
             d = d.sub_(self._maps(self._in_working_layout(b), in_size, bias=True))
