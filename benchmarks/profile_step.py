@@ -14,6 +14,16 @@ from torch.profiler import ProfilerActivity, profile
 
 from biossl.bench import _Cell, command_line_cells, with_batch_sizes
 
+# shares of a step by kind of work (issue 18's DTP profile); the rest is element-wise work
+CATEGORIES = {
+    "convolutions (forward, transposed, backward)": ("aten::mkldnn_convolution", "aten::_convolution",
+                                                     "aten::convolution_backward"),
+    "max-pool and its backward": ("aten::max_pool2d_with_indices", "aten::scatter_add_", "aten::maximum"),
+    "layout copies and clones": ("aten::copy_",),
+    "MSE losses": ("aten::mse_loss", "aten::mse_loss_backward"),
+    "noise draws": ("aten::normal_",),
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -42,6 +52,11 @@ def main() -> None:
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
             print(f"{e.key[:48]:<48} {e.self_cpu_time_total / args.steps / 1e3:8.1f} "
                   f"{e.self_cpu_time_total / total:6.1%} {e.count // args.steps:6d}")
+        by_op = {e.key: e.self_cpu_time_total for e in events}
+        for name, ops in CATEGORIES.items():
+            print(f"  {name}: {sum(by_op.get(o, 0) for o in ops) / total:.1%}")
+        rest = total - sum(by_op.get(o, 0) for ops in CATEGORIES.values() for o in ops)
+        print(f"  the rest (element-wise, optimizer, head): {rest / total:.1%}")
 
 
 if __name__ == "__main__":

@@ -212,8 +212,9 @@ class StageInverse(nn.Module):
         else:
             d = self._maps(self._in_working_layout(a), in_size, bias=True)
             d = d.sub_(self._maps(self._in_working_layout(b), in_size, bias=True))
-        if plus is not None:
-            return torch.add(d, plus, out=out if out is not None else torch.empty_like(plus))
+        if plus is not None:  # copy, then add in plus's layout: on the CPU as fast as one mixed-layout
+            out = out if out is not None else torch.empty_like(plus)  # add or faster (small maps)
+            return out.copy_(d).add_(plus)
         if out is not None:
             return out.copy_(d)
         return d.contiguous() if working else d

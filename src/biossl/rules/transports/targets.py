@@ -240,7 +240,9 @@ class Targets(Transport):
         # data parallel: every replica's loss is loss_scale × its share of the global loss, and
         # the gathered candidates send each rank the sum over ranks at its rows, so h_L's
         # gradient is loss_scale × the global batch's (1 in one process)
-        grad_h = grads[0][p.active] / self.replicas.loss_scale
+        grad_h = grads[0][p.active]
+        if self.replicas.loss_scale != 1:  # / 1 is exact: no pass over the map in one process
+            grad_h = grad_h / self.replicas.loss_scale
         return loss.detach(), p.hs[-1] - self.params.eta * grad_h
 
     @torch.no_grad()
