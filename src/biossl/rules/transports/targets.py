@@ -132,11 +132,6 @@ class _PresetGradient(torch.autograd.Function):
         return (grad if bool(upstream == 1) else grad * upstream), None, None
 
 
-def _squared_norm(err: Tensor) -> Tensor:
-    """‖err‖², summed in float32 at least (bf16 errors)."""
-    return torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32)) ** 2
-
-
 class Targets(Transport):
     """Stage-local losses against targets from learned inverses (difference target propagation)."""
 
@@ -312,8 +307,9 @@ class Targets(Transport):
         with torch.no_grad():
             h = out.detach()
             err = torch.sub(h, target, out=target if spend_target else None)
-            sq = _squared_norm(err)
-            shift = (sq.sqrt() / h.norm().clamp_min(1e-12)).item()
+            norm = torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32))
+            shift = (norm / h.norm().clamp_min(1e-12)).item()
+            sq = norm ** 2  # bf16 errors summed in fp32
             rule = self.params.target_loss
             # 'sum' over this rank's rows is its share of the global sum: × loss_scale (see stage_losses)
             scale = (self.replicas.loss_scale if rule == "sum" else 1.0 / out.shape[0] if rule == "row_mean"
@@ -363,9 +359,10 @@ class Targets(Transport):
             rec = g.working(fh, h.shape[2:])
         del fh
         with torch.no_grad():
-            err = torch.sub(rec, noisy, out=torch.empty_like(rec))  # in rec's layout
+            # in rec's layout, at the precision of rec − noisy (fp32 under autocast, as the MSE's)
+            err = torch.sub(rec, noisy, out=torch.empty_like(rec, dtype=torch.result_type(rec, noisy)))
             del noisy
-            loss = _squared_norm(err) / err.numel()
+            loss = torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32)) ** 2 / err.numel()
             err = err.mul_(2.0 / err.numel()).to(rec.dtype)
         check_finite(loss, "inverse loss", self.replicas)
         loss = _PresetGradient.apply(rec, err, loss)
@@ -461,7 +458,7 @@ class Targets(Transport):
                 shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
                 losses[j] = self._learn_in_chunks(rule, k, j, p, target, chunks)
                 del h
-            else:  # the bottom target is needed no more: its storage becomes the error
+            else:  # the bottom stage's target is needed no more: its storage becomes the error
                 losses[j], shifts[j] = self._learn_stage(p.outs[j], target, spend_target=j == 0)
             p.outs[j] = None  # the graph is spent
             if j > 0:
