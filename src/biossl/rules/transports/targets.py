@@ -273,7 +273,8 @@ class Targets(Transport):
     def inverse_losses(self, rule, k: int, hs: list[Tensor], js=None) -> list[Tensor]:
         """Denoising reconstruction loss of g_j of segment k for its stages ``js`` (default
         every stage above the bottom, in order), forward stages frozen; ``hs[j − 1]`` is all
-        that g_j's loss reads."""
+        that g_j's loss reads. As graphs (tests, the pieces of a step): the step's unchunked
+        inverse phase hands g the same losses' gradients without them (:meth:`_learn_inverse`)."""
         losses = []
         span = rule.spans[k]
         for j in (range(1, len(hs)) if js is None else js):
