@@ -146,6 +146,28 @@ def test_an_inverse_differences_two_inputs_as_its_two_outputs(below, affine):
         torch.testing.assert_close(g.difference(a, b, size), g(a, size) - g(b, size), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("below", [nn.Identity(), nn.Hardtanh()])
+def test_an_inverse_adds_its_difference_to_a_map_in_that_maps_layout(below):
+    """DTP's ĥ_{l−1} = h_{l−1} + g(ĥ_l) − g(h_l) in one call: the values of the two passes
+    plus the map, written into ``out`` in its layout (NCHW, though g works channels-last on
+    the CPU); ``working`` answers g(h) in g's own layout with forward's values."""
+    torch.manual_seed(0)
+    stages = [nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), below),
+              nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.MaxPool2d(2))]
+    g = build_inverse(stages, 1, True, "below").double()
+    a, b = (torch.randn(4, 5, 4, 4, dtype=torch.float64) for _ in range(2))
+    h = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    out = torch.empty_like(h)
+    with torch.no_grad():
+        got = g.difference(a, b, (9, 9), plus=h, out=out)
+        assert got is out and out.is_contiguous()
+        torch.testing.assert_close(out, h + g(a, (9, 9)) - g(b, (9, 9)), rtol=1e-12, atol=1e-12)
+        assert g.difference(a, b, (9, 9), plus=h).is_contiguous()
+    rec = g.working(a, (9, 9))
+    assert rec.is_contiguous(memory_format=torch.channels_last) and not rec.is_contiguous()
+    assert torch.equal(rec, g(a, (9, 9)))
+
+
 def test_inverse_has_intermediate_nonlinearity_of_a_two_map_stage():
     stage = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 4), nn.ReLU())
     g = build_inverse([nn.Tanh(), stage], 1)
@@ -403,6 +425,50 @@ def test_stage_loss_reductions_match_their_formulas_values_and_gradients(reducti
 
 def _stage_grads(rule):
     return [[q.grad.clone() for q in s.parameters()] for s in rule.encoder.stages]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "row_mean", "element_mean"])
+def test_a_step_hands_each_stage_the_gradient_of_its_mse_loss(reduction):
+    """The step backs each stage's loss up by handing its output the loss's gradient
+    scale·(f − ĥ) (no MSE graph): the same stage gradients, losses and shifts as the MSE
+    losses of the pieces, in float64 (official order: every target from the initial g)."""
+    batch = pair_batch()
+    batch = ViewBatch(batch.x.double(), batch.n, "pairs")
+    rule, twin = (make_rule(small_convstack(), inverse_order="after_targets", diagnostics_every=0,
+                            target_loss=reduction).double() for _ in range(2))
+    p, targets = dtp_pieces(twin, batch)
+    local = twin.transport.stage_losses(p.outs, targets)
+    expected = [torch.autograd.grad(loss, list(s.parameters()), retain_graph=True)
+                for loss, s in zip(local, twin.encoder.stages)]
+    log = rule.step(batch)
+    for l, (loss, want) in enumerate(zip(local, expected)):
+        for a, b in zip(rule.encoder.stages[l].parameters(), want):
+            torch.testing.assert_close(a.grad, b, rtol=1e-12, atol=1e-15)
+        assert log[f"target_loss/stage{l}"] == pytest.approx(loss.item(), rel=1e-12)
+        h = p.hs[l]
+        assert log[f"shift/stage{l}"] == pytest.approx(((targets[l] - h).norm() / h.norm()).item(), rel=1e-12)
+
+
+def test_inverses_learn_the_gradient_of_their_mse_loss():
+    """train_inverses hands each g's reconstruction the gradient of its denoising MSE
+    (no loss graph, g's layout kept): the gradients and losses of :meth:`inverse_losses`
+    with the same noise, in float64; on the CPU the inverses' conv weights and their
+    gradients are channels-last, the layout g works in."""
+    batch = pair_batch()
+    batch = ViewBatch(batch.x.double(), batch.n, "pairs")
+    rule, twin = (make_rule(small_convstack(), inverse_rows="all", noise_std=0.3).double() for _ in range(2))
+    t, tt = rule.transport, twin.transport
+    losses = tt.inverse_losses(twin, 0, tt.forward_pass(twin, 0, batch.x, batch).hs)
+    log = t.train_inverses(rule, 0, t.forward_pass(rule, 0, batch.x, batch), batch)
+    for l, loss in enumerate(losses, start=1):
+        g, ref = t.inverse(l), tt.inverse(l)
+        want = torch.autograd.grad(loss, list(ref.parameters()))
+        for q, w in zip(g.parameters(), want):
+            torch.testing.assert_close(q.grad, w, rtol=1e-12, atol=1e-15)
+            if q.dim() == 4:
+                assert q.is_contiguous(memory_format=torch.channels_last) and not q.is_contiguous()
+                assert q.grad.stride() == q.stride()
+        assert log[f"recon/stage{l}"] == pytest.approx(loss.item(), rel=1e-12)
 
 
 def test_inverse_order_decides_which_g_makes_the_targets():

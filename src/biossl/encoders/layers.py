@@ -88,21 +88,28 @@ def _pool(m: nn.Module, x: Tensor) -> Tensor | None:
 
 def _window_max(m: nn.Module, x: Tensor) -> Tensor | None:
     """A pool without graph over non-overlapping k×k windows of a contiguous NCHW map on the
-    CPU, as the maximum of its k² strided slices: the same values (NaN included), ~3 × faster
-    than torch's NCHW max-pool there, which costs about as much as a 3×3 conv of its map
-    (frozen stages, DTP's inverse training, passes before row chunks). None: not that case."""
+    CPU: the maximum of each window's k rows — k strided views of whole rows, vectorised —
+    then of the k columns of that k-fold smaller map. The same values (NaN included), 10–18 ×
+    faster than torch's NCHW max-pool there, which costs about as much as a 3×3 conv of its
+    map (frozen stages, DTP's inverse training, passes before row chunks). None: not that case."""
     k = m.kernel_size
     if (x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous() or not isinstance(k, int)
             or m.stride not in (k, (k, k)) or m.padding not in (0, (0, 0)) or m.dilation not in (1, (1, 1))
             or m.ceil_mode):
         return None
     h, w = x.shape[2] // k * k, x.shape[3] // k * k
-    out = None
-    for i in range(k):
-        for j in range(k):
-            window = x[:, :, i:h:k, j:w:k]
-            out = window.clone(memory_format=torch.contiguous_format) if out is None else torch.maximum(out, window, out=out)
-    return out
+    rows = _max_of([x[:, :, i:h:k, :w] for i in range(k)])
+    return _max_of([rows[:, :, :, j::k] for j in range(k)])
+
+
+def _max_of(views: list[Tensor]) -> Tensor:
+    """The elementwise maximum of equally shaped ``views``, in a new contiguous tensor."""
+    if len(views) == 1:
+        return views[0].clone(memory_format=torch.contiguous_format)
+    out = torch.maximum(views[0], views[1])  # one pass fewer than a copy of the first
+    for v in views[2:]:
+        torch.maximum(out, v, out=out)
+    return out.contiguous()
 
 
 class MaxPool2d(nn.MaxPool2d):

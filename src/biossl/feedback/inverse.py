@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -188,31 +189,53 @@ class StageInverse(nn.Module):
     def forward(self, h: Tensor, in_size: Sequence[int] = ()) -> Tensor:
         return self._run(h, in_size, bias=True)
 
+    def working(self, h: Tensor, in_size: Sequence[int] = ()) -> Tensor:
+        """g(h) in g's working layout (channels-last for a contiguous CPU map, else h's): the
+        same values as ``forward``, without the copy back to h's layout (a loss taken there,
+        DTP's reconstruction, gets its gradient there)."""
+        return self._maps(self._in_working_layout(h), in_size, bias=True)
+
     def affine(self) -> bool:
         """g is an affine map (every output nonlinearity the identity): g(a) − g(b) is then
         its linear part on a − b."""
         return all(isinstance(a, nn.Identity) for a in self.acts)
 
-    def difference(self, a: Tensor, b: Tensor, in_size: Sequence[int] = ()) -> Tensor:
-        """g(a) − g(b). For an affine g its linear part (no biases) on a − b: one pass of g
-        instead of two (DTP's ĥ_{l−1} = h_{l−1} + g(ĥ_l) − g(h_l) on every stage whose
-        stage below has no nonlinearity); equal in exact arithmetic."""
-        if not self.affine():
-            return self._run(a, in_size, bias=True, minus=b)
-        return self._run(a - b, in_size, bias=False)
+    def difference(self, a: Tensor, b: Tensor, in_size: Sequence[int] = (), plus: Tensor | None = None,
+                   out: Tensor | None = None) -> Tensor:
+        """g(a) − g(b), plus ``plus`` when given (DTP's ĥ_{l−1} = h_{l−1} + g(ĥ_l) − g(h_l)),
+        in a's layout (``plus``'s when given), written into ``out`` when given (``plus`` and
+        ``out`` without autograd, as DTP makes its targets). For an affine g its linear part
+        (no biases) on a − b: one pass of g instead of two (every stage whose stage below has
+        no nonlinearity); equal in exact arithmetic. The difference is taken in g's working
+        layout and goes back once, fused with the sum (a layout change of a large map costs
+        several plain copies on the CPU)."""
+        working = self._works_channels_last(a)
+        if self.affine():
+            fused = working and not torch.is_grad_enabled()  # a − b written channels-last in one pass
+            d = a - b if not fused else torch.sub(a, b, out=_like_channels_last(a))
+            d = self._maps(self._in_working_layout(d), in_size, bias=False)
+        else:
+            d = self._maps(self._in_working_layout(a), in_size, bias=True)
+            d = d.sub_(self._maps(self._in_working_layout(b), in_size, bias=True))
+        if plus is not None:  # copy, then add in plus's layout: on the CPU as fast as one mixed-layout
+            out = out if out is not None else torch.empty_like(plus)  # add or faster (small maps)
+            return out.copy_(d).add_(plus)
+        if out is not None:
+            return out.copy_(d)
+        return d.contiguous() if working else d
 
-    def _run(self, h: Tensor, in_size: Sequence[int], bias: bool, minus: Tensor | None = None) -> Tensor:
-        """g(h), or g(h) − g(minus): the difference taken in g's working layout, so the
-        answer goes back to h's layout once."""
+    def _works_channels_last(self, h: Tensor) -> bool:
         # oneDNN's transposed convs on the CPU run ~4 × faster on channels-last maps than on
-        # NCHW ones (which it reorders): g works channels-last and answers in h's layout
-        back = h.dim() == 4 and h.device.type == "cpu" and h.is_contiguous()
-        if back:
-            h = channels_last(h)
-        out = self._maps(h, in_size, bias)
-        if minus is not None:
-            out = out.sub_(self._maps(channels_last(minus) if back else minus, in_size, bias))
-        return out.contiguous() if back else out
+        # NCHW ones (which it reorders): g works channels-last on contiguous CPU maps
+        return h.dim() == 4 and h.device.type == "cpu" and h.is_contiguous()
+
+    def _in_working_layout(self, h: Tensor) -> Tensor:
+        return channels_last(h) if self._works_channels_last(h) else h
+
+    def _run(self, h: Tensor, in_size: Sequence[int], bias: bool) -> Tensor:
+        """g(h) (or its linear part), answered in h's layout."""
+        out = self._maps(self._in_working_layout(h), in_size, bias)
+        return out.contiguous() if self._works_channels_last(h) else out
 
     def _maps(self, h: Tensor, in_size: Sequence[int], bias: bool) -> Tensor:
         sizes = self._sizes(tuple(in_size))
@@ -227,6 +250,11 @@ class StageInverse(nn.Module):
                 out = out.sub_(lin.bias.view(-1, *[1] * (out.dim() - 2)))
             h = act(out)
         return h
+
+
+def _like_channels_last(h: Tensor) -> Tensor:
+    """An uninitialised tensor shaped and typed like the 4-D map ``h``, laid out channels-last."""
+    return torch.empty(h.shape, dtype=h.dtype, device=h.device, memory_format=torch.channels_last)
 
 
 def check_out_activation(name: str) -> None:

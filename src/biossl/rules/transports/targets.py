@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from biossl.feedback.inverse import build_inverse, check_out_activation
+from biossl.layout import channels_last
 from biossl.rules.base import check_finite, make_optimizer
 from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.transports.base import Transport, Update
@@ -112,6 +113,25 @@ class Pass:
     from when the pass kept no graph (row chunks)."""
 
 
+class _PresetGradient(torch.autograd.Function):
+    """A loss's value whose backward hands ``out`` its gradient ``grad``, computed beforehand
+    without a graph: a squared-error loss without its MSE graph (whose forward and backward
+    each pass over the map again). ``grad`` is freed once the backward has passed it on, as
+    the MSE's own gradient is, where a gradient given to ``Tensor.backward`` stays alive
+    until the whole backward ends (the top stage's backward is the step's memory peak)."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, grad: Tensor, value: Tensor) -> Tensor:
+        ctx.save_for_backward(grad)
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, upstream: Tensor):
+        (grad,) = ctx.saved_tensors
+        # backward from the loss itself brings 1: no pass over the map (× 1 is exact)
+        return (grad if bool(upstream == 1) else grad * upstream), None, None
+
+
 class Targets(Transport):
     """Stage-local losses against targets from learned inverses (difference target propagation)."""
 
@@ -141,6 +161,10 @@ class Targets(Transport):
             for span in rule.spans)
         device = next(rule.encoder.parameters()).device
         self.inverses.to(device)
+        if device.type == "cpu":  # g works channels-last on 2-D maps there (StageInverse): its conv
+            for q in self.inverses.parameters():  # weights too, so no call copies them, nor their gradients back
+                if q.dim() == 4:
+                    q.data = channels_last(q.data)
         self.starts = [span.start for span in rule.spans]
         self.steps_done = [0] * len(rule.spans)
         self.noise = generator(self.run_seed, "inverse-noise", device=device)
@@ -211,7 +235,9 @@ class Targets(Transport):
         # data parallel: every replica's loss is loss_scale × its share of the global loss, and
         # the gathered candidates send each rank the sum over ranks at its rows, so h_L's
         # gradient is loss_scale × the global batch's (1 in one process)
-        grad_h = grads[0][p.active] / self.replicas.loss_scale
+        grad_h = grads[0][p.active]
+        if self.replicas.loss_scale != 1:  # / 1 is exact: no pass over the map in one process
+            grad_h = grad_h / self.replicas.loss_scale
         return loss.detach(), p.hs[-1] - self.params.eta * grad_h
 
     @torch.no_grad()
@@ -231,11 +257,8 @@ class Targets(Transport):
         difference); an affine g runs once, on ĥ − h (StageInverse.difference)."""
         below, g = hs[j - 1], self.inverses[k][j - 1]
         out = torch.empty_like(below)
-        n = below.shape[0]
-        for rows in row_chunks(0, n, max(2, chunks)):
-            d = g.difference(target[rows], hs[j][rows], below.shape[2:]).add_(below[rows])
-            out[rows] = d
-            del d
+        for rows in row_chunks(0, below.shape[0], max(2, chunks)):
+            g.difference(target[rows], hs[j][rows], below.shape[2:], plus=below[rows], out=out[rows])
         return out
 
     def _noisy(self, h: Tensor) -> Tensor:
@@ -243,12 +266,15 @@ class Targets(Transport):
         # data parallel: this rank's rows of the noise one process draws for the global batch
         noisy = self.replicas.draw_rows(tuple(h.shape), lambda shape: torch.randn(
             shape, generator=self.noise, device=h.device, dtype=h.dtype))
-        return noisy.mul_(self.params.noise_std).add_(h)  # in place: no extra full-size temporaries
+        if self.params.noise_std != 1.0:  # × 1 is exact: σ = 1 (official) skips the pass
+            noisy.mul_(self.params.noise_std)
+        return noisy.add_(h)  # in place: no extra full-size temporaries
 
     def inverse_losses(self, rule, k: int, hs: list[Tensor], js=None) -> list[Tensor]:
         """Denoising reconstruction loss of g_j of segment k for its stages ``js`` (default
         every stage above the bottom, in order), forward stages frozen; ``hs[j − 1]`` is all
-        that g_j's loss reads."""
+        that g_j's loss reads. As graphs (tests, the pieces of a step): the step's unchunked
+        inverse phase hands g the same losses' gradients without them (:meth:`_learn_inverse`)."""
         losses = []
         span = rule.spans[k]
         for j in (range(1, len(hs)) if js is None else js):
@@ -273,23 +299,31 @@ class Targets(Transport):
                           else sq / out.shape[0])
         return losses
 
-    def _learn_bottom_stage(self, out: Tensor, target: Tensor) -> float:
-        """Stage loss (:meth:`stage_losses`' value) and its backward from ``out`` (with its
-        graph) to ``target``, whose storage becomes the error out − ĥ (the gradient of
-        ½‖out − ĥ‖²): no further map of the stage's size. (Above the bottom the target is
-        still needed, and an error passed to backward from Python stays alive through the
-        whole backward, where the loss's own gradient is freed early: they use the loss.)"""
+    def _learn_stage(self, out: Tensor, target: Tensor, spend_target: bool) -> tuple[float, float]:
+        """(stage loss — :meth:`stage_losses`' value —, shift ‖ĥ − h‖ / ‖h‖) of ``out`` (with
+        its graph) against ``target``, and the loss's backward, all from one error map
+        out − ĥ: its gradient (scaled by the reduction) is handed to ``out``, with no MSE
+        graph (:class:`_PresetGradient`). With ``spend_target`` (the bottom stage: no target
+        below it to make) the target's storage becomes the error: no further map."""
         with torch.no_grad():
-            err = target.neg_().add_(out.detach())
-            sq = torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32)) ** 2  # bf16 errors summed in fp32
+            h = out.detach()
+            err = torch.sub(h, target, out=target if spend_target else None)
+            norm = torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32))
+            shift = (norm / h.norm().clamp_min(1e-12)).item()
+            sq = norm ** 2  # bf16 errors summed in fp32
             rule = self.params.target_loss
             # 'sum' over this rank's rows is its share of the global sum: × loss_scale (see stage_losses)
             scale = (self.replicas.loss_scale if rule == "sum" else 1.0 / out.shape[0] if rule == "row_mean"
                      else 2.0 / out.numel())
             loss = sq * (0.5 * scale)  # element_mean: ½ · 2/numel, the mean (exact: × powers of 2)
+            if scale != 1.0:
+                err.mul_(scale)  # the MSE's gradient: scale · (out − ĥ)
+            err = err.to(out.dtype)
         check_finite(loss, "DTP stage loss", self.replicas)
-        out.backward((err.mul_(scale) if scale != 1.0 else err).to(out.dtype))
-        return loss.item()
+        loss = _PresetGradient.apply(out, err, loss)
+        del err, h  # the backward frees the gradient once it has passed it on
+        loss.backward()
+        return loss.item(), shift
 
     def _learn_in_chunks(self, rule, k: int, j: int, p: Pass, target: Tensor, chunks: int) -> float:
         """Stage j's loss against ``target`` and its backward, in ``chunks`` chunks of rows: the
@@ -312,6 +346,30 @@ class Targets(Transport):
             total += local.item()
             del out, local
         return total
+
+    def _learn_inverse(self, rule, k: int, j: int, h: Tensor) -> float:
+        """g_j's denoising loss (:meth:`inverse_losses`' value, the same noise) and its
+        backward: the loss's gradient (2/numel)·(g(f(h + ε)) − (h + ε)) — what the MSE's
+        backward computes — is handed to g's output in g's working layout (channels-last on
+        the CPU), so neither the reconstruction nor its gradient changes layout."""
+        noisy = self._noisy(h)
+        stage, g = rule.encoder.stages[rule.spans[k].start + j], self.inverses[k][j - 1]
+        with rule.autocast():
+            with torch.no_grad():
+                fh = stage(noisy)
+            rec = g.working(fh, h.shape[2:])
+        del fh
+        with torch.no_grad():
+            # in rec's layout, at the precision of rec − noisy (fp32 under autocast, as the MSE's)
+            err = torch.sub(rec, noisy, out=torch.empty_like(rec, dtype=torch.result_type(rec, noisy)))
+            del noisy
+            loss = torch.linalg.vector_norm(err, dtype=torch.promote_types(err.dtype, torch.float32)) ** 2 / err.numel()
+            err = err.mul_(2.0 / err.numel()).to(rec.dtype)
+        check_finite(loss, "inverse loss", self.replicas)
+        loss = _PresetGradient.apply(rec, err, loss)
+        del err, rec  # the backward frees the gradient and g's graph as it goes
+        loss.backward()
+        return loss.item()
 
     def _inverse_in_chunks(self, rule, k: int, j: int, h: Tensor, chunks: int) -> float:
         """g_j's denoising loss (:meth:`inverse_losses`, the same noise) and its backward in
@@ -345,12 +403,7 @@ class Targets(Transport):
             if rule.row_chunks > 1:  # train.stage_chunks: each g's loss chunk by chunk
                 fb = [self._inverse_in_chunks(rule, k, j, hs[j - 1], rule.row_chunks) for j in js]
             else:
-                with rule.autocast():
-                    fb = self.inverse_losses(rule, k, hs, js)
-                total = sum(fb)
-                check_finite(total, "inverse loss", self.replicas)
-                total.backward()
-                fb = [v.item() for v in fb]
+                fb = [self._learn_inverse(rule, k, j, hs[j - 1]) for j in js]
             self.replicas.average_gradients(q for j in js for q in self.inverses[k][j - 1].parameters())
             self.optimizer.step()
         return {f"recon/stage{start + j}": v for j, v in zip(js, fb)}
@@ -401,20 +454,14 @@ class Targets(Transport):
         losses, shifts, recon = {}, {}, {}
         target = top
         for j in range(len(p.hs) - 1, -1, -1):
-            h = p.hs[j]
-            shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
             if p.outs[j] is None:  # no graph kept: the stage again, chunk by chunk
+                h = p.hs[j]
+                shifts[j] = ((target - h).norm() / h.norm().clamp_min(1e-12)).item()
                 losses[j] = self._learn_in_chunks(rule, k, j, p, target, chunks)
-            elif j == 0:  # the bottom target is needed no more: its storage becomes the error
-                losses[j] = self._learn_bottom_stage(p.outs[j], target)
-            else:
-                with rule.autocast():
-                    (local,) = self.stage_losses([p.outs[j]], [target])
-                check_finite(local, "DTP stage loss", self.replicas)
-                local.backward()
-                losses[j] = local.item()
+                del h
+            else:  # the bottom stage's target is needed no more: its storage becomes the error
+                losses[j], shifts[j] = self._learn_stage(p.outs[j], target, spend_target=j == 0)
             p.outs[j] = None  # the graph is spent
-            del h
             if j > 0:
                 with rule.autocast():
                     target = self.target_below(k, j, p.hs, target, chunks)
