@@ -12,7 +12,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from biossl.bench import _Cell, command_line_cells, with_batch_sizes
+from biossl.bench import BenchCell, command_line_cells, with_batch_sizes
 
 # shares of a step by kind of work (issue 18's DTP profile); the rest is element-wise work
 CATEGORIES = {
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     specs = [c for spec in args.cells for c in command_line_cells(spec, args.overrides)]
-    cells = [_Cell(label, cfg, *epoch) for label, cfg, *epoch in with_batch_sizes(specs, [args.batch])]
+    cells = [BenchCell(label, cfg, *epoch) for label, cfg, *epoch in with_batch_sizes(specs, [args.batch])]
     for c in cells:
         c.steps(args.warmup)
     for c in cells:

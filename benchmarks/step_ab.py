@@ -24,10 +24,11 @@ def _load(src: str):
         del sys.modules[m]
     sys.path.insert(0, src)
     try:
-        from biossl.bench import _Cell, command_line_cells, with_batch_sizes
+        import biossl.bench as bench
     finally:
         sys.path.remove(src)
-    return _Cell, command_line_cells, with_batch_sizes
+    cell = getattr(bench, "BenchCell", None) or bench._Cell  # named _Cell before 2026-12-02
+    return cell, bench.command_line_cells, bench.with_batch_sizes
 
 
 def _cell(src: str, spec: str, batch: int, overrides: list[str]):

@@ -59,6 +59,9 @@ def test_bench_rows_are_relative_to_the_first_cell(tmp_path):
         assert r["gflop_per_step"] > 0
         assert math.isclose(r["achieved_gflops"], r["gflop_per_step"] / (r["step_ms"] / 1e3), rel_tol=1e-9)
     assert result["machine"]["matmul_gflops_fp32"] > 0
+    for r in rows:  # one ceiling, sampled between the cells, is the machine's and every row's
+        assert math.isclose(r["ceiling_share"], r["achieved_gflops"] / r["matmul_gflops"], rel_tol=1e-9)
+        assert round(r["matmul_gflops"], 1) == result["machine"]["matmul_gflops_fp32"]
     # a greedy step at stage 2 runs stage 1 frozen (forward only): fewer FLOPs than e2e's whole backward
     assert rows[1]["gflop_per_step"] < rows[0]["gflop_per_step"]
     table = format_bench(rows)

@@ -128,7 +128,10 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
             c.steps(warmup)  # allocator warm-up, lazy init
         built.append(c)
     per_round = max(1, steps // rounds)
+    device = built[0].asm.device if built else torch.device("cpu")
+    ceilings = []  # sampled every round, between the cells: a shared machine's speed drifts
     for r in range(rounds):
+        ceilings.append(matmul_gflops(device, seconds=0.25))
         for c in built:
             c.step_times.append(c.steps(per_round))
             c.view_times.append(c.views(per_round))
@@ -148,7 +151,9 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                     "step_ms": st * 1e3, "images_per_s": c.cfg.train.batch_size / st,
                     "views_images_per_s": c.cfg.train.batch_size / vt, "views_share": vt / st,
                     "peak_mib": c.peak_bytes / 2**20,
-                    "gflop_per_step": fl / 1e9, "achieved_gflops": fl / 1e9 / st})
+                    "gflop_per_step": fl / 1e9, "achieved_gflops": fl / 1e9 / st,
+                    "matmul_gflops": statistics.median(ceilings),
+                    "ceiling_share": fl / 1e9 / st / statistics.median(ceilings)})
     # each row against the first cell on the same encoder, views and batch size (their
     # e2e-bp baseline when the cells list it first): other nets or batches are not comparable
     refs: dict[tuple[str, str, int], dict] = {}
@@ -161,10 +166,12 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     return out
 
 
-def machine(device: torch.device | str = "cpu") -> dict:
+def machine(device: torch.device | str = "cpu", matmul: float | None = None) -> dict:
+    """The machine and its fp32 matmul throughput: ``matmul`` (GFLOP/s measured between the
+    cells, :func:`bench_configs`) or measured now."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "matmul_gflops_fp32": round(matmul_gflops(device), 1)}
+            "matmul_gflops_fp32": round(matmul or matmul_gflops(device), 1)}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -177,22 +184,24 @@ def _rate(x: float) -> str:
 
 def format_bench(rows: list[dict]) -> str:
     """The bench table; ×ref columns are against each row's ``reference`` (the first cell on
-    the same encoder, views and batch size)."""
+    the same encoder, views and batch size); × matmul is the achieved GFLOP/s over the fp32
+    matmul throughput measured in every round between the cells (median)."""
     lines = ["| cell | rule | objective | step ms | images/s | ×ref img/s | peak MiB | ×ref mem | views share "
-             "| GFLOP/step | GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| GFLOP/step | GFLOP/s | × matmul |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['rule']} | {r['objective']} | {r['step_ms']:.1f} | "
                      f"{_rate(r['images_per_s'])} | {r['images_per_s_vs_ref']:.2f} | {r['peak_mib']:.0f} | "
                      f"{r['peak_mem_vs_ref']:.2f} | {100 * r['views_share']:.1f} % | "
-                     f"{r['gflop_per_step']:.3g} | {r['achieved_gflops']:.0f} |")
+                     f"{r['gflop_per_step']:.3g} | {r['achieved_gflops']:.0f} | {r['ceiling_share']:.2f} |")
     return "\n".join(lines)
 
 
 def write_bench_json(rows: list[dict], out: str | Path, **meta) -> dict:
     """Write ``{machine, date, **meta, rows}`` to ``out`` (parents created); returns it."""
     # the throughput ceiling of the device the cells ran on
-    result = {"machine": machine(rows[0]["device"] if rows else "cpu"), "date": time.strftime("%Y-%m-%d %H:%M"), **meta, "rows": rows}
+    ran = machine(rows[0]["device"], rows[0].get("matmul_gflops")) if rows else machine()
+    result = {"machine": ran, "date": time.strftime("%Y-%m-%d %H:%M"), **meta, "rows": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2))
     return result

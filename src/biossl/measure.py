@@ -111,11 +111,12 @@ def matmul_gflops(device: torch.device | str = "cpu", size: int = 1024, seconds:
     device = torch.device(device)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    a @ b  # warm-up
+    c = a @ b  # warm-up; then into c: a fresh output per call would time the allocator (after
+    # bench's memory pass every large allocation is a fresh mmap, page-faulted in)
     n, t0 = 0, time.perf_counter()
     sync(device)
     while time.perf_counter() - t0 < seconds:
-        a @ b
+        torch.mm(a, b, out=c)
         n += 1
     sync(device)
     return 2 * size ** 3 * n / (time.perf_counter() - t0) / 1e9
