@@ -9,8 +9,9 @@
 # the unchunked rules); DTP is benched with the default (no chunks) and with them. Memory alone, one cell at a time (deterministic, fine under load):
 # benchmarks/depth_memory.py with the same cells (MEMORY_ONLY=1 runs it instead of bench).
 # Extra arguments go to both calls. On a 2-core CPU the conv6 call takes
-# about an hour at 1 thread; vgg6 at 64×64 with 1024 channels needs a GPU (batch 500 is
-# ~30 GB of activations for e2e-bp).
+# about an hour at 1 thread; vgg6 at 64×64 with 1024 channels is for a GPU when timed (an
+# e2e-bp step at batch 500 takes minutes on a core); its memory pass (MEMORY_ONLY=1) runs
+# on the CPU in ~1.5 h (e2e-bp at batch 500 peaks at 16.6 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
