@@ -1,9 +1,10 @@
 """Peak memory of bench cells, one cell at a time in one process (issue 18's memory columns).
 
 Memory of a step is deterministic (unlike its time on a loaded machine), so this runs the
-memory pass of `biossl bench` alone: per cell one warm-up step (allocator, lazy init, Adam
-states), then the peak over ``--steps`` steps above the resident set before them, with
-glibc serving large allocations by mmap (biossl.measure). The first cell of each batch
+memory pass of `biossl bench` (biossl.bench_memory) alone, printing each cell as it ends:
+per cell one warm-up step (allocator, lazy init, Adam states), then the peak over
+``--steps`` steps above the resident set before them, with glibc serving large allocations
+by mmap (biossl.measure). The first cell of each batch
 size (encoder and views: bench.reference_key) is the reference of the ratios (list e2e-bp first). Usage:
   PYTHONPATH=src python benchmarks/depth_memory.py --batch 256 --set train.threads=1 \
       biossl-t1 "biossl-t1@all schedule.name=greedy train.epochs=5 transport.name=urf ..."
@@ -11,14 +12,11 @@ size (encoder and views: bench.reference_key) is the reference of the ratios (li
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 from pathlib import Path
 
-import torch
-
-from biossl.bench import BenchCell, command_line_cells, distinct_labels, reference_key, with_batch_sizes
-from biossl.measure import rss_tracks_tensors
+from biossl.bench import command_line_cells, distinct_labels, reference_key, with_batch_sizes
+from biossl.bench_memory import peaks
 
 
 def main() -> None:
@@ -31,20 +29,12 @@ def main() -> None:
     args = ap.parse_args()
     cells = with_batch_sizes(distinct_labels([c for spec in args.cells for c in command_line_cells(spec, args.overrides)]),
                              args.batch)
-    rss_tracks_tensors()
     rows, refs = [], {}
-    for label, cfg, *epoch in cells:
-        cell = BenchCell(label, cfg, *epoch)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        cell.steps(1)
-        cell.measure_peak(args.steps)
-        mib = cell.peak_bytes / 2**20
+    for (label, cfg, *_), peak in zip(cells, peaks(cells, args.steps)):  # one cell at a time
+        mib = peak / 2**20
         ref = refs.setdefault(reference_key(cfg), mib)
         rows.append({"label": label, "batch_size": cfg.train.batch_size, "peak_mib": mib, "vs_ref": mib / ref})
         print(f"{label:70s} {mib:8.1f} MiB  {mib / ref:5.2f} ×", flush=True)
-        del cell
-        gc.collect()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:

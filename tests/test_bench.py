@@ -1,4 +1,3 @@
-from biossl.naming import rule_name
 """`biossl bench` machinery: one process, ratios against the first cell.
 
 The bench runs in a child process: its memory pass switches glibc to mmap-served
@@ -14,6 +13,7 @@ from pathlib import Path
 import biossl
 from biossl.assemble import assemble
 from biossl.bench import default_cells, format_bench
+from biossl.naming import rule_name
 
 TINY = ["data.name=digits", "encoder.channels=[4,8]", "encoder.pool=[true,true]",
         "train.batch_size=32", "train.threads=1"]
@@ -147,3 +147,16 @@ def test_cells_of_one_recipe_and_rule_are_named_by_the_settings_that_differ():
     assert labels == ["fmnist-bp-hinge e2e-bp train.lr=0.01", "fmnist-bp-hinge e2e-bp train.lr=0.002",
                       "fmnist-gll-hinge@1"]
     assert len(set(labels)) == len(labels)
+
+
+def test_a_cells_memory_does_not_depend_on_the_cells_measured_before_it():
+    # bench's memory pass runs in a child process, one cell at a time after a warm-up step:
+    # measured after a bigger cell (its model, optimizer state and heap) or alone, the same
+    from biossl.bench_memory import peaks_in_child
+    from biossl.config import load_config
+    big = ("e2e-bp", load_config("fmnist-bp-hinge", TINY + ["encoder.channels=[32,64]", "train.batch_size=128"]))
+    small = ("gll-urf", load_config("fmnist-gll-hinge", TINY + ["transport.name=urf", "train.epochs=2"]), 1)
+    after_big = peaks_in_child([big, small], 2)
+    alone = peaks_in_child([small], 2)
+    assert after_big[0] > 4 * after_big[1] > 0
+    assert abs(after_big[1] - alone[0]) <= 0.1 * alone[0] + 256 * 1024, (after_big, alone)

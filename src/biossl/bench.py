@@ -2,9 +2,9 @@
 for several configs measured in one process, each relative to the first (e2e-bp).
 
 Peak memory (biossl.measure): on CUDA the allocated memory above that held before the
-steps; on the CPU the peak resident set above the one before the steps, measured in a
-separate pass after the timed rounds with large allocations served by mmap so that the
-resident set follows live tensors. Cells are timed in interleaved rounds and the median
+steps; on the CPU the peak resident set above the one before the steps, measured after the
+timed rounds by a child process, one cell at a time, with large allocations served by mmap
+so that the resident set follows live tensors (biossl.bench_memory). Cells are timed in interleaved rounds and the median
 round is kept, so a noisy neighbour hurts every cell alike.
 """
 from __future__ import annotations
@@ -22,8 +22,7 @@ import torch
 from biossl.assemble import assemble
 from biossl.config import RunConfig, apply_overrides, build_config, load_raw
 from biossl.layout import channels_last
-from biossl.measure import (matmul_gflops, peak_bytes, reset_peak, rss_tracks_tensors, seconds_per_call,
-                            step_flops)
+from biossl.measure import matmul_gflops, peak_bytes, reset_peak, seconds_per_call, step_flops
 from biossl.naming import rule_name
 
 # (label, recipe, overrides, schedule epoch). GLL's cost depends on the stage it trains,
@@ -115,9 +114,8 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     """Measure every (label, config[, schedule epoch]) in this process; each row's ratios are
     against the first cell on the same encoder, views and batch size (``reference``).
 
-    On the CPU the memory pass sets glibc's mmap threshold for the rest of the process (it
-    cannot be reset to glibc's adaptive default), which slows later allocations: call this
-    in a process of its own, as ``biossl bench`` does (tests run it in a subprocess)."""
+    On the CPU peak memory is measured by a child process, one cell at a time after a
+    warm-up step (:mod:`biossl.bench_memory`): the same numbers as measuring each cell alone."""
     if steps < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"bench needs steps ≥ 1, warmup ≥ 0 and rounds ≥ 1; got steps={steps}, "
                          f"warmup={warmup}, rounds={rounds}")
@@ -138,9 +136,13 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
         if progress:
             print(f"  round {r + 1}/{rounds} done", flush=True)
     flops = [c.flops() for c in built]
-    rss_tracks_tensors()  # memory last: it would slow the timed steps
-    for c in built:
-        c.measure_peak(max(2, steps // 4))
+    if device.type == "cpu":  # by the resident set, in a fresh process (biossl.bench_memory)
+        from biossl.bench_memory import peaks_in_child
+        for c, peak in zip(built, peaks_in_child(cells, max(2, steps // 4))):
+            c.peak_bytes = peak
+    else:  # the allocator's own peak: exact in this process
+        for c in built:
+            c.measure_peak(max(2, steps // 4))
     out = []
     for c, fl in zip(built, flops):
         st = statistics.median(c.step_times)
