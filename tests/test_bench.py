@@ -160,3 +160,12 @@ def test_a_cells_memory_does_not_depend_on_the_cells_measured_before_it():
     alone = peaks_in_child([small], 2)
     assert after_big[0] > 4 * after_big[1] > 0
     assert abs(after_big[1] - alone[0]) <= 0.1 * alone[0] + 256 * 1024, (after_big, alone)
+
+
+def test_a_bf16_cell_is_compared_with_the_bf16_matmul():
+    from biossl.bench import bench_configs, machine
+    from biossl.config import load_config
+    rows = bench_configs([("bf16", load_config("fmnist-bp-hinge", TINY + ["train.precision=bf16"]))],
+                         steps=1, warmup=0, rounds=1, progress=False)
+    assert rows[0]["matmul_dtype"] == "bfloat16" and rows[0]["matmul_gflops"] > 0
+    assert "matmul_gflops_bfloat16" in machine("cpu", rows[0]["matmul_gflops"], rows[0]["matmul_dtype"])

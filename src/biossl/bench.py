@@ -127,9 +127,11 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
         built.append(c)
     per_round = max(1, steps // rounds)
     device = built[0].asm.device if built else torch.device("cpu")
+    # the ceiling in the precision the cells compute in (train.precision=bf16: bf16 matmuls)
+    dtype = torch.bfloat16 if built and built[0].cfg.train.precision == "bf16" else torch.float32
     ceilings = []  # sampled every round, between the cells: a shared machine's speed drifts
     for r in range(rounds):
-        ceilings.append(matmul_gflops(device, seconds=0.25))
+        ceilings.append(matmul_gflops(device, seconds=0.25, dtype=dtype))
         for c in built:
             c.step_times.append(c.steps(per_round))
             c.view_times.append(c.views(per_round))
@@ -154,7 +156,7 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                     "views_images_per_s": c.cfg.train.batch_size / vt, "views_share": vt / st,
                     "peak_mib": c.peak_bytes / 2**20,
                     "gflop_per_step": fl / 1e9, "achieved_gflops": fl / 1e9 / st,
-                    "matmul_gflops": statistics.median(ceilings),
+                    "matmul_gflops": statistics.median(ceilings), "matmul_dtype": str(dtype).removeprefix("torch."),
                     "ceiling_share": fl / 1e9 / st / statistics.median(ceilings)})
     # each row against the first cell on the same encoder, views and batch size (their
     # e2e-bp baseline when the cells list it first): other nets or batches are not comparable
@@ -168,12 +170,13 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     return out
 
 
-def machine(device: torch.device | str = "cpu", matmul: float | None = None) -> dict:
-    """The machine and its fp32 matmul throughput: ``matmul`` (GFLOP/s measured between the
-    cells, :func:`bench_configs`) or measured now."""
+def machine(device: torch.device | str = "cpu", matmul: float | None = None, dtype: str = "float32") -> dict:
+    """The machine and its matmul throughput in ``dtype``: ``matmul`` (GFLOP/s measured
+    between the cells, :func:`bench_configs`) or fp32 measured now."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "matmul_gflops_fp32": round(matmul or matmul_gflops(device), 1)}
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    key = "matmul_gflops_fp32" if dtype == "float32" else f"matmul_gflops_{dtype}"
+    info[key] = round(matmul or matmul_gflops(device), 1)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -186,8 +189,9 @@ def _rate(x: float) -> str:
 
 def format_bench(rows: list[dict]) -> str:
     """The bench table; ×ref columns are against each row's ``reference`` (the first cell on
-    the same encoder, views and batch size); × matmul is the achieved GFLOP/s over the fp32
-    matmul throughput measured in every round between the cells (median)."""
+    the same encoder, views and batch size); × matmul is the achieved GFLOP/s over the
+    matmul throughput (fp32; bf16 for cells with train.precision=bf16) measured in every
+    round between the cells (median)."""
     lines = ["| cell | rule | objective | step ms | images/s | ×ref img/s | peak MiB | ×ref mem | views share "
              "| GFLOP/step | GFLOP/s | × matmul |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -202,7 +206,7 @@ def format_bench(rows: list[dict]) -> str:
 def write_bench_json(rows: list[dict], out: str | Path, **meta) -> dict:
     """Write ``{machine, date, **meta, rows}`` to ``out`` (parents created); returns it."""
     # the throughput ceiling of the device the cells ran on
-    ran = machine(rows[0]["device"], rows[0].get("matmul_gflops")) if rows else machine()
+    ran = machine(rows[0]["device"], rows[0]["matmul_gflops"], rows[0]["matmul_dtype"]) if rows else machine()
     result = {"machine": ran, "date": time.strftime("%Y-%m-%d %H:%M"), **meta, "rows": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2))

@@ -105,12 +105,15 @@ def step_flops(fn) -> int:
     return Count.total
 
 
-def matmul_gflops(device: torch.device | str = "cpu", size: int = 1024, seconds: float = 0.5) -> float:
-    """This process's fp32 matmul throughput on ``device`` (GFLOP/s, size × size matrices):
-    the ceiling a step's achieved GFLOP/s is compared with."""
+def matmul_gflops(device: torch.device | str = "cpu", size: int | None = None, seconds: float = 0.5,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """This process's matmul throughput on ``device`` in ``dtype`` (GFLOP/s, size × size
+    matrices; default 1024 on the CPU, 8192 on a GPU, which small ones leave idle): the
+    ceiling a step's achieved GFLOP/s is compared with."""
     device = torch.device(device)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    size = size or (1024 if device.type == "cpu" else 8192)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     c = a @ b  # warm-up; then into c: a fresh output per call would time the allocator (after
     # bench's memory pass every large allocation is a fresh mmap, page-faulted in)
     n, t0 = 0, time.perf_counter()
