@@ -5,6 +5,8 @@
 #   bash benchmarks/depth.sh                                  # CPU, 1 thread, random inputs
 #   bash benchmarks/depth.sh --set train.channels_last=true   # CPU channels-last (faster)
 #   bash benchmarks/depth.sh --set train.device=cuda          # a GPU (memory: max allocated)
+#   bash benchmarks/depth.sh --set train.device=cuda --set train.precision=bf16 \
+#        --set train.channels_last=true --set train.compile=true   # the GPU table (× bf16 matmul)
 # The local cells learn in row chunks (train.stage_chunks, default 4 here: STAGE_CHUNKS=1 for
 # the unchunked rules); DTP is benched with the default (no chunks) and with them. Memory alone, one cell at a time (deterministic, fine under load):
 # benchmarks/depth_memory.py with the same cells (MEMORY_ONLY=1 runs it instead of bench).
