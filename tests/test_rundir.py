@@ -50,12 +50,14 @@ def test_sigkill_after_the_first_steps_loses_little_and_the_dead_lock_does_not_b
     a.wait(timeout=60)
     saved = checkpoint(out)["global_step"]
     assert saved >= 1  # written after the first step, long before checkpoint_every=1000
+    killed_last = metric_rows(out)[-1]["step"]
     stray = out / ".checkpoint.pt.k1ll3d.tmp"
     stray.write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
     b = start("train", "--resume", str(out))
     # the killed run's rows after its checkpoint are still there until the resumed run trims
-    # them; the stray file goes only once b holds the lock and handles signals
-    wait_until(lambda: not stray.exists() and metric_rows(out)[-1]["step"] > saved + 2, b,
+    # them (they alone may pass saved + 2: then a signal would reach b still in its set-up);
+    # the stray file goes only once b holds the lock and handles signals
+    wait_until(lambda: not stray.exists() and metric_rows(out)[-1]["step"] > max(saved + 2, killed_last), b,
                what="the resumed run's rows")
     err = _stop(b, signal.SIGINT)
     assert b.returncode == 130, err
