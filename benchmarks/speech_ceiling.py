@@ -28,10 +28,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from biossl.bench import _Cell
+from biossl.bench import BenchCell
 from biossl.config import load_config
 from biossl.encoders.thin_conv import ThinInputConv1d
-from biossl.measure import step_flops
+from biossl.measure import matmul_gflops
 from biossl.objectives.infonce import InfoNCEObjective
 from biossl.objectives.predictive import context_future, patch_vectors, steps_for, vector_grid
 
@@ -63,25 +63,13 @@ def _infonce_before(self, h: Tensor, batch) -> Tensor:
     return total / len(steps)
 
 
-def before(cell: _Cell) -> _Cell:
+def before(cell: BenchCell) -> BenchCell:
     for m in cell.asm.rule.modules():
         if isinstance(m, ThinInputConv1d):
             m.__class__ = nn.Conv1d  # same parameters and state: torch's conv
         if isinstance(m, InfoNCEObjective):
             m.forward = types.MethodType(_infonce_before, m)
     return cell
-
-
-def _matmul_ceiling(size: int = 1024, seconds: float = 0.5) -> tuple[float, float]:
-    """fp32 matmul GFLOP/s per wall second and per CPU second (biossl.measure.matmul_gflops's loop)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    flop = 2 * size ** 3 * n / 1e9
-    return flop / (time.perf_counter() - t0), flop / max(time.process_time() - c0, 1e-9)
 
 
 def main() -> None:
@@ -94,7 +82,7 @@ def main() -> None:
     cells = []
     for ch in args.channels:
         cfg = load_config("speech-cpc", [f"encoder.channels={ch}"])
-        cells += [before(_Cell(f"channels={ch} before", cfg)), _Cell(f"channels={ch} after", cfg)]
+        cells += [before(BenchCell(f"channels={ch} before", cfg)), BenchCell(f"channels={ch} after", cfg)]
     for c in cells:
         c.steps(1)  # warm-up
     # wall clock, and this process's CPU time: on a shared machine a neighbour stretches the
@@ -102,9 +90,8 @@ def main() -> None:
     ceilings, cpu_ceilings = [], []
     cpu_times = {c.label: [] for c in cells}
     for _ in range(args.steps):  # interleaved rounds: a noisy neighbour hurts every cell alike
-        wall, cpu = _matmul_ceiling()
-        ceilings.append(wall)
-        cpu_ceilings.append(cpu)
+        ceilings.append(matmul_gflops("cpu"))
+        cpu_ceilings.append(matmul_gflops("cpu", clock=time.process_time))
         for c in cells:
             t0 = time.process_time()
             c.step_times.append(c.steps(1))
@@ -116,7 +103,7 @@ def main() -> None:
           "|---|---|---|---|---|---|---|")
     for c in cells:
         st, ct = statistics.median(c.step_times), statistics.median(cpu_times[c.label])
-        fl = step_flops(c._step) / 1e9
+        fl = c.flops() / 1e9
         print(f"| {c.label} | {st * 1e3:.0f} | {fl:.3g} | {fl / st:.0f} | {100 * fl / st / ceiling:.0f} % | "
               f"{ct * 1e3:.0f} | {100 * fl / ct / cpu_ceiling:.0f} % |")
 

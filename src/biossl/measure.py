@@ -106,20 +106,21 @@ def step_flops(fn) -> int:
 
 
 def matmul_gflops(device: torch.device | str = "cpu", size: int | None = None, seconds: float = 0.5,
-                  dtype: torch.dtype = torch.float32) -> float:
+                  dtype: torch.dtype = torch.float32, clock=time.perf_counter) -> float:
     """This process's matmul throughput on ``device`` in ``dtype`` (GFLOP/s, size × size
     matrices; default 1024 on the CPU, 8192 on a GPU, which small ones leave idle): the
-    ceiling a step's achieved GFLOP/s is compared with."""
+    ceiling a step's achieved GFLOP/s is compared with. ``clock``: seconds of which clock
+    (``time.process_time``: per CPU-second, steadier on a shared machine)."""
     device = torch.device(device)
     size = size or (1024 if device.type == "cpu" else 8192)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     c = a @ b  # warm-up; then into c: a fresh output per call would time the allocator (after
     # bench's memory pass every large allocation is a fresh mmap, page-faulted in)
-    n, t0 = 0, time.perf_counter()
+    n, t0 = 0, clock()
     sync(device)
-    while time.perf_counter() - t0 < seconds:
+    while clock() - t0 < seconds:
         torch.mm(a, b, out=c)
         n += 1
     sync(device)
-    return 2 * size ** 3 * n / (time.perf_counter() - t0) / 1e9
+    return 2 * size ** 3 * n / (clock() - t0) / 1e9
