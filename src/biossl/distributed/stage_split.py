@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import time
 from typing import Callable, Sequence
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from biossl.measure import sync
+from biossl.measure import seconds_per_call
 from biossl.views.batch import ViewBatch
 
 
@@ -90,14 +89,8 @@ def update_flops(rule, batch: ViewBatch) -> list[float]:
 def update_seconds(rule, batch: ViewBatch, repeats: int = 3) -> list[float]:
     """Median seconds of each segment's update on ``batch`` after one warm-up (see
     :func:`_measured_updates`). The optimizer step, a small share, is left out."""
-    device = batch.x.device
-
     def seconds(update) -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        update()
-        sync(device)
-        return time.perf_counter() - t0
+        return seconds_per_call(update, 1, batch.x.device)
     _measured_updates(rule, batch, seconds)  # warm-up
     runs = [_measured_updates(rule, batch, seconds) for _ in range(repeats)]
     return [statistics.median(t) for t in zip(*runs)]
