@@ -212,7 +212,7 @@ class StageInverse(nn.Module):
         working = self._works_channels_last(a)
         if self.affine():
             fused = working and not torch.is_grad_enabled()  # a − b written channels-last in one pass
-            d = a - b if not fused else torch.sub(a, b, out=_like_channels_last(a))
+            d = a - b if not fused else torch.sub(a, b, out=torch.empty_like(a, memory_format=torch.channels_last))
             d = self._maps(self._in_working_layout(d), in_size, bias=False)
         else:
             d = self._maps(self._in_working_layout(a), in_size, bias=True)
@@ -250,11 +250,6 @@ class StageInverse(nn.Module):
                 out = out.sub_(lin.bias.view(-1, *[1] * (out.dim() - 2)))
             h = act(out)
         return h
-
-
-def _like_channels_last(h: Tensor) -> Tensor:
-    """An uninitialised tensor shaped and typed like the 4-D map ``h``, laid out channels-last."""
-    return torch.empty(h.shape, dtype=h.dtype, device=h.device, memory_format=torch.channels_last)
 
 
 def check_out_activation(name: str) -> None:
