@@ -29,8 +29,10 @@ def memory_format(x: Tensor) -> torch.memory_format:
     return FORMATS[x.dim()] if is_channels_last(x) else torch.contiguous_format
 
 
-def channels_last_weights(module: nn.Module) -> nn.Module:
-    """Every conv weight of ``module`` in its rank's channels-last layout, in place."""
+def channels_last_weights(module: nn.Module, ranks: tuple[int, ...] = tuple(FORMATS)) -> nn.Module:
+    """Every conv weight of ``module`` (of a rank in ``ranks``) in its rank's channels-last
+    layout, in place."""
     for p in module.parameters():
-        p.data = channels_last(p.data)
+        if p.dim() in ranks:
+            p.data = channels_last(p.data)
     return module

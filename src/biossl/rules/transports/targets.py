@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from biossl.bounds import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from biossl.feedback.inverse import build_inverse, check_out_activation
-from biossl.layout import channels_last
+from biossl.layout import channels_last_weights
 from biossl.rules.base import check_finite, make_optimizer
 from biossl.rules.rows import row_chunks, run_rows
 from biossl.rules.transports.base import Transport, Update
@@ -162,9 +162,7 @@ class Targets(Transport):
         device = next(rule.encoder.parameters()).device
         self.inverses.to(device)
         if device.type == "cpu":  # g works channels-last on 2-D maps there (StageInverse): its conv
-            for q in self.inverses.parameters():  # weights too, so no call copies them, nor their gradients back
-                if q.dim() == 4:
-                    q.data = channels_last(q.data)
+            channels_last_weights(self.inverses, ranks=(4,))  # weights too, so no call copies them, nor their gradients back
         self.starts = [span.start for span in rule.spans]
         self.steps_done = [0] * len(rule.spans)
         self.noise = generator(self.run_seed, "inverse-noise", device=device)
