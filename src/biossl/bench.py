@@ -145,6 +145,7 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
     else:  # the allocator's own peak: exact in this process
         for c in built:
             c.measure_peak(max(2, steps // 4))
+    ceiling = statistics.median(ceilings)
     out = []
     for c, fl in zip(built, flops):
         st = statistics.median(c.step_times)
@@ -156,8 +157,8 @@ def bench_configs(cells: list[tuple], steps: int = 20, warmup: int = 3,
                     "views_images_per_s": c.cfg.train.batch_size / vt, "views_share": vt / st,
                     "peak_mib": c.peak_bytes / 2**20,
                     "gflop_per_step": fl / 1e9, "achieved_gflops": fl / 1e9 / st,
-                    "matmul_gflops": statistics.median(ceilings), "matmul_dtype": str(dtype).removeprefix("torch."),
-                    "ceiling_share": fl / 1e9 / st / statistics.median(ceilings)})
+                    "matmul_gflops": ceiling, "matmul_dtype": str(dtype).removeprefix("torch."),
+                    "ceiling_share": fl / 1e9 / st / ceiling})
     # each row against the first cell on the same encoder, views and batch size (their
     # e2e-bp baseline when the cells list it first): other nets or batches are not comparable
     refs: dict[tuple[str, str, int], dict] = {}
